@@ -1,0 +1,170 @@
+"""The experiment configuration: defaults and validation.
+
+A config is an `ml_collections.ConfigDict` (configs/*.py return one built on
+`default_config()`). `validate` is called once, before anything is compiled;
+it refuses impossible values with a `ConfigError` naming the field and what
+is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import ml_collections
+
+from cpg_jax.estimators import ESTIMATORS
+from cpg_jax.late_stage import LSR_NAMES
+
+ENVIRONMENT_NAMES = ("synthetic", "kuairec", "matrix")
+OPTIMIZER_NAMES = ("adagrad", "adam", "sgd", "adamw", "rmsprop")
+SCHEDULE_NAMES = ("constant", "cosine", "linear", "warmup_cosine")
+POSITION_WEIGHTS = ("mean", "sum", "dcg")
+
+
+class ConfigError(ValueError):
+  """A configuration value is impossible; the message names the field."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field with its default: the paper's synthetic setting (§6)."""
+  c = ml_collections.ConfigDict()
+  c.estimator = "ca_pg_swr"
+  c.swr_combine = "sum"  # ca_pg_swr with M > 1: "sum" (default) or "logsumexp".
+  c.num_candidates = 10  # K
+  c.num_outputs = 1  # L
+  c.num_models = 1  # M
+  c.lsr = "optimal"
+  c.lsr_temperature = 1.0  # noisy
+  c.lsr_epsilon = 0.1  # epsilon_greedy
+  c.lsr_alpha = 0.5  # interpolate
+  c.position_weights = "mean"
+  c.embedding_dim = 10
+
+  c.env = ml_collections.ConfigDict()
+  c.env.name = "synthetic"
+  c.env.seed = 0  # The environment's own seed (fixed across training seeds).
+  c.env.num_contexts = 1000
+  c.env.num_items = 1000
+  c.env.dim = 10
+  c.env.reward_scale = 10.0
+  c.env.shared_key = True  # Reference-compatible draws (method.md §5.1).
+  c.env.data_path = ""  # kuairec / matrix.
+  c.env.noise_std = 0.3  # kuairec / matrix multiplicative reward noise.
+  c.env.clip_max = 10.0  # kuairec watch_ratio clip.
+
+  c.optimizer = "adagrad"
+  c.learning_rate = 0.01
+  c.lr_schedule = "constant"
+  c.warmup_steps = 0
+  c.grad_clip_norm = 0.0  # 0 disables clipping.
+
+  c.batch_size = 128
+  c.num_steps = 500_000
+  c.eval_every = 1000
+  c.eval_contexts = 10_000
+  c.eval_batch_size = 1000
+  c.log_every = 1000
+  c.checkpoint_every = 10_000
+  c.keep_checkpoints = 3
+  c.num_seeds = 10
+  c.seed = 0
+  return c
+
+
+def _check_int(config, field: str, low: int, high: float = math.inf) -> int:
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ConfigError(f"config.{field} must be an integer, got {value!r}")
+  if not low <= value <= high:
+    upper = "" if high == math.inf else f" and <= {high}"
+    raise ConfigError(f"config.{field} must be >= {low}{upper}, got {value}")
+  return int(value)
+
+
+def _check_float(config, field: str, low: float, high: float = math.inf,
+                 low_open: bool = False) -> float:
+  value = _get(config, field)
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ConfigError(f"config.{field} must be a number, got {value!r}")
+  value = float(value)
+  ok = (value > low if low_open else value >= low) and value <= high
+  if not ok or math.isnan(value):
+    bound = f"> {low}" if low_open else f">= {low}"
+    upper = "" if high == math.inf else f" and <= {high}"
+    raise ConfigError(f"config.{field} must be a finite number {bound}{upper}, got {value}")
+  return value
+
+
+def _check_choice(config, field: str, choices) -> str:
+  value = _get(config, field)
+  if value not in choices:
+    raise ConfigError(
+        f"config.{field} must be one of {', '.join(choices)}; got {value!r}")
+  return value
+
+
+def _get(config, field: str):
+  node = config
+  for part in field.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{field} is missing")
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict, num_items: int | None = None) -> None:
+  """Raises `ConfigError` for the first impossible value found.
+
+  Args:
+    config: the experiment config.
+    num_items: the catalogue size when it is known only after loading data
+      (reward-matrix environments); defaults to `config.env.num_items`.
+  """
+  _check_choice(config, "estimator", tuple(ESTIMATORS))
+  _check_choice(config, "swr_combine", ("sum", "logsumexp"))
+  _check_choice(config, "lsr", LSR_NAMES)
+  _check_choice(config, "position_weights", POSITION_WEIGHTS)
+  _check_choice(config, "env.name", ENVIRONMENT_NAMES)
+  _check_choice(config, "optimizer", OPTIMIZER_NAMES)
+  _check_choice(config, "lr_schedule", SCHEDULE_NAMES)
+
+  if config.env.name == "synthetic":
+    _check_int(config, "env.num_contexts", 1)
+    _check_int(config, "env.num_items", 1)
+    _check_int(config, "env.dim", 1)
+    _check_float(config, "env.reward_scale", 0.0, low_open=True)
+  else:
+    if not config.env.data_path:
+      raise ConfigError(
+          f"config.env.data_path is required for env.name={config.env.name!r} "
+          "(the path of the reward matrix file; nothing is downloaded)")
+    _check_float(config, "env.noise_std", 0.0)
+    _check_float(config, "env.clip_max", 0.0, low_open=True)
+  if num_items is None:
+    num_items = config.env.num_items
+
+  k = _check_int(config, "num_candidates", 1)
+  if k > num_items:
+    raise ConfigError(
+        f"config.num_candidates (K={k}) must be <= the number of items (N={num_items})")
+  _check_int(config, "num_outputs", 1, k)
+  _check_int(config, "num_models", 1, k)
+  _check_float(config, "lsr_temperature", 0.0, low_open=True)
+  _check_float(config, "lsr_epsilon", 0.0, 1.0)
+  _check_float(config, "lsr_alpha", 0.0, 1.0)
+  _check_int(config, "embedding_dim", 1)
+
+  _check_float(config, "learning_rate", 0.0, low_open=True)
+  _check_int(config, "warmup_steps", 0)
+  _check_float(config, "grad_clip_norm", 0.0)
+  _check_int(config, "batch_size", 1)
+  _check_int(config, "num_steps", 1)
+  _check_int(config, "eval_every", 1)
+  _check_int(config, "eval_contexts", 1)
+  _check_int(config, "eval_batch_size", 1)
+  _check_int(config, "log_every", 1)
+  _check_int(config, "checkpoint_every", 1)
+  _check_int(config, "keep_checkpoints", 1)
+  _check_int(config, "num_seeds", 1)
+  _check_int(config, "seed", 0)

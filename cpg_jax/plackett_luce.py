@@ -1,0 +1,216 @@
+"""Plackett-Luce log-probabilities used by the estimators (method.md §4).
+
+All functions take the scores of every model, `[M, batch, items]`, and are
+differentiable in them. Which items were drawn (or are in a deterministic
+prefix list) is never differentiated; the scores of those items are.
+
+No probability is formed as a difference of sums: the mass of the items not
+yet drawn is always assembled from the mass of the never-drawn items plus a
+reverse cumulative log-sum-exp of the drawn ones (no cancellation).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cpg_jax import log_space
+from cpg_jax import sampling
+
+
+def _membership(items: jax.Array, num_items: int) -> jax.Array:
+  """bool `[batch, items]`, True where the item appears in `items` `[batch, n]`."""
+  batch = items.shape[0]
+  rows = jnp.arange(batch)[:, None]
+  return jnp.zeros((batch, num_items), dtype=bool).at[rows, items].set(True)
+
+
+def _gather_items(scores: jax.Array, items: jax.Array) -> jax.Array:
+  """scores `[M, batch, items]`, items `[batch, n]` -> `[M, batch, n]`."""
+  return jnp.take_along_axis(scores, items[None], axis=-1)
+
+
+def _per_slot(values: jax.Array, models: np.ndarray) -> jax.Array:
+  """Picks model m(k) for each slot k: `[M, batch, K]` -> `[batch, K]`."""
+  return values[models, :, np.arange(len(models))].T
+
+
+def _remaining_log_mass(
+    scores: jax.Array, drawn: jax.Array, models: np.ndarray
+) -> jax.Array:
+  """log of the mass of the items not among drawn[:k], for every slot k.
+
+  Args:
+    scores: `[M, batch, items]`.
+    drawn: int32 `[batch, n]`, distinct items in slot order (n <= K).
+    models: static `[K]` slot models, K >= n; slot k uses model models[k].
+  Returns:
+    `[batch, K]`: for slot k, LSE of scores[m(k)] over the items that are not
+    in drawn[:k]. Slots k >= n see every drawn item as removed.
+  """
+  num_models, _, num_items = scores.shape
+  num_slots = len(models)
+  never = ~_membership(drawn, num_items)
+  never_lse = log_space.masked_logsumexp(scores, never[None])  # [M, batch]
+  drawn_scores = _gather_items(scores, drawn)  # [M, batch, n]
+  # Reverse cumulative LSE from slot k on; -inf past the end of `drawn`.
+  if drawn.shape[1]:
+    tail = jax.lax.cumlogsumexp(drawn_scores, axis=2, reverse=True)
+  else:
+    tail = drawn_scores
+  pad = num_slots - drawn.shape[1]
+  if pad:
+    tail = jnp.concatenate(
+        [tail, jnp.full(tail.shape[:2] + (pad,), -jnp.inf, tail.dtype)], axis=-1)
+  tail = _per_slot(tail, models)  # [batch, K]
+  never_lse = never_lse[models].T  # [batch, K]
+  return jnp.logaddexp(never_lse, tail)
+
+
+def sequential_log_prob(
+    scores: jax.Array, candidates: jax.Array, models: np.ndarray
+) -> jax.Array:
+  """log pi(C | x) of an ordered candidate list drawn without replacement.
+
+  log pi = sum_k [ s^{m(k)}_{c_k} - LSE_{a not in c_{<k}} s^{m(k)}_a ]  (§4.1).
+
+  Args:
+    scores: float `[M, batch, items]`, differentiated.
+    candidates: int32 `[batch, K]`, distinct items in draw order.
+    models: static int `[K]`, the model of each slot.
+  Returns:
+    `[batch]`.
+  """
+  chex.assert_rank(scores, 3)
+  chex.assert_rank(candidates, 2)
+  chosen = _per_slot(_gather_items(scores, candidates), models)  # [batch, K]
+  normaliser = _remaining_log_mass(scores, candidates, models)
+  return jnp.sum(chosen - normaliser, axis=-1)
+
+
+def swr_log_prob(
+    scores: jax.Array, candidates: jax.Array, models: np.ndarray
+) -> jax.Array:
+  """log of the with-replacement approximation of pi(C | x) (§4.2): `[batch]`.
+
+  sum_k [ s^{m(k)}_{c_k} - LSE_a s^{m(k)}_a ].
+  """
+  chex.assert_rank(scores, 3)
+  chosen = _per_slot(_gather_items(scores, candidates), models)
+  log_norm = jax.nn.logsumexp(scores, axis=-1)[models].T  # [batch, K]
+  return jnp.sum(chosen - log_norm, axis=-1)
+
+
+def _prefix_excluding_general(
+    scores: jax.Array, item: jax.Array, counts: Sequence[int]
+) -> jax.Array:
+  """T_{K-1}(a): the deterministic first K-1 slots with item a excluded.
+
+  Any M. Args: scores `[M, batch, items]`, item int32 `[batch]`.
+  Returns int32 `[batch, K-1]`.
+  """
+  prefix_counts = list(counts)
+  prefix_counts[-1] -= 1  # Slot K always belongs to the last model (M <= K).
+  batch, num_items = scores.shape[1:]
+  excluded = jax.nn.one_hot(item, num_items, dtype=jnp.bool_)
+  if sum(prefix_counts) == 0:
+    return jnp.zeros((batch, 0), dtype=jnp.int32)
+  return sampling.fill_slots(jax.lax.stop_gradient(scores), prefix_counts, excluded)
+
+
+def _prefix_excluding_single_model(
+    top: jax.Array, items: jax.Array
+) -> jax.Array:
+  """T_{K-1}(a) for M = 1 from the deterministic top-K list, for L items at once.
+
+  Removing a from the top-K list (or, if a is not in it, dropping its last
+  entry) gives the top-(K-1) of the other items.
+
+  Args:
+    top: int32 `[batch, K]`, the deterministic top-K in order.
+    items: int32 `[batch, L]`.
+  Returns:
+    int32 `[batch, L, K-1]`.
+  """
+  num_slots = top.shape[1]
+  hit = top[:, None, :] == items[:, :, None]  # [batch, L, K]
+  pos = jnp.where(hit.any(-1), jnp.argmax(hit, axis=-1), num_slots - 1)  # [batch, L]
+  j = jnp.arange(num_slots - 1)
+  keep_left = j[None, None, :] < pos[:, :, None]
+  return jnp.where(keep_left, top[:, None, :-1], top[:, None, 1:])
+
+
+def ca_inclusion_log_prob(
+    scores: jax.Array, items: jax.Array, num_candidates: int
+) -> jax.Array:
+  """The CA-PG closed-form log P(a in C | x) for each given item (§4.3).
+
+  P(a in C) ~= 1 - prod_{k=1..K} (1 - p_k(a)),
+  p_k(a) = exp(s^{m(k)}_a) / sum_{b not in T_{k-1}(a)} exp(s^{m(k)}_b),
+
+  with T_{k-1}(a) the deterministic first k-1 slots of the other items. The
+  product is formed in log space (`log_space.log_one_minus_prod_one_minus`).
+
+  Args:
+    scores: float `[M, batch, items]`, differentiated.
+    items: int32 `[batch, L]`, the rewarded items (LSR outputs).
+    num_candidates: K.
+  Returns:
+    `[batch, L]`.
+  """
+  chex.assert_rank(scores, 3)
+  chex.assert_rank(items, 2)
+  num_models = scores.shape[0]
+  counts = sampling.slot_counts(num_candidates, num_models)
+  models = sampling.slot_models(counts)
+  if num_models == 1:
+    top = sampling.top_candidates(jax.lax.stop_gradient(scores), num_candidates)
+    prefixes = _prefix_excluding_single_model(top, items)  # [batch, L, K-1]
+  else:
+    prefixes = jax.vmap(
+        lambda a: _prefix_excluding_general(scores, a, counts),
+        in_axes=1, out_axes=1)(items)  # [batch, L, K-1]
+  return _closed_form_from_prefixes(scores, items, prefixes, models)
+
+
+def _closed_form_from_prefixes(
+    scores: jax.Array, items: jax.Array, prefixes: jax.Array, models: np.ndarray
+) -> jax.Array:
+  """Evaluates the closed form given T_{K-1}(a) for each item. `[batch, L]`."""
+
+  def one_output(item, prefix):
+    # item [batch], prefix [batch, K-1].
+    log_z = _remaining_log_mass(scores, prefix, models)  # [batch, K]
+    own = _gather_items(scores, item[:, None])[:, :, 0]  # [M, batch]
+    own = own[models].T  # [batch, K]
+    return log_space.log_one_minus_prod_one_minus(own - log_z, axis=-1)
+
+  return jax.vmap(one_output, in_axes=(1, 1), out_axes=1)(items, prefixes)
+
+
+def top1_log_prob(
+    scores: jax.Array,
+    items: jax.Array,
+    num_candidates: int,
+    combine: str = "sum",
+) -> jax.Array:
+  """CA-PG-SwR (TOP1) log-inclusion of each given item (§4.4): `[batch, L]`.
+
+  combine="sum":       sum_m K_m (s^m_a - LSE_b s^m_b)   (the project default)
+  combine="logsumexp": logsumexp_m of the same terms     (the other published copy)
+  """
+  chex.assert_rank(scores, 3)
+  counts = jnp.asarray(sampling.slot_counts(num_candidates, scores.shape[0]),
+                       dtype=scores.dtype)
+  log_softmax = _gather_items(scores, items) - jax.nn.logsumexp(
+      scores, axis=-1, keepdims=True)  # [M, batch, L]
+  terms = counts[:, None, None] * log_softmax
+  if combine == "sum":
+    return jnp.sum(terms, axis=0)
+  if combine == "logsumexp":
+    return jax.nn.logsumexp(terms, axis=0)
+  raise ValueError(f"combine must be 'sum' or 'logsumexp', got {combine!r}")
