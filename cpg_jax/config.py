@@ -168,3 +168,21 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
   _check_int(config, "keep_checkpoints", 1)
   _check_int(config, "num_seeds", 1)
   _check_int(config, "seed", 0)
+
+
+def parse_config_arg(arg: str, defaults: dict[str, str], config_file: str) -> dict[str, str]:
+  """Parses the `name=value,name=value` argument of `--config=FILE:ARG`.
+
+  Args:
+    arg: the text after the colon ("" when absent).
+    defaults: every allowed name with its default value.
+    config_file: the config file's name, for error messages.
+  """
+  values = dict(defaults)
+  for part in filter(None, (arg or "").split(",")):
+    name, _, value = part.partition("=")
+    if name not in values:
+      raise ConfigError(
+          f"{config_file}: unknown argument {name!r}; allowed: {', '.join(values)}")
+    values[name] = value
+  return values
