@@ -193,7 +193,10 @@ def make_kuairec_environment(
     noise_std: float = 0.3,
     clip_max: float | None = 10.0,
 ) -> RewardMatrixEnvironment:
-  """Loads a KuaiRec `small_matrix.csv` (see `load_kuairec_matrix`) as an environment."""
+  """A KuaiRec `small_matrix.csv` as an environment.
+
+  See `load_kuairec_matrix` for the file format and preprocessing.
+  """
   noise_std = _check_noise_std(noise_std)
   matrix, _, _ = load_kuairec_matrix(path, clip_max=clip_max)
   return make_reward_matrix_environment(matrix, noise_std=noise_std)

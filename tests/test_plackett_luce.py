@@ -1,0 +1,611 @@
+"""Tests for `cpg_jax.plackett_luce` and `cpg_jax.log_space` against brute force.
+
+References are written independently of the library: explicit sums and
+products over enumerated lists in NumPy float64, and Python `decimal` at 60
+digits for the log-space helpers. Library results in float64 (inside the `x64`
+fixture) must match them tightly; float32 results loosely.
+"""
+
+from __future__ import annotations
+
+import decimal
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cpg_jax import log_space
+from cpg_jax import plackett_luce as pl
+from cpg_jax import sampling
+
+
+@pytest.fixture
+def x64():
+  """Runs the test with 64-bit JAX arrays; the previous mode is restored after."""
+  with jax.enable_x64(True):
+    yield
+
+
+# ----------------------------------------------------------------------------
+# Brute-force references (NumPy float64 / decimal).
+# ----------------------------------------------------------------------------
+
+
+def ref_models(num_candidates: int, num_models: int) -> list[int]:
+  """m(k) per slot from the §2 rule, written out independently."""
+  out = []
+  for m in range(num_models):
+    out += [m] * (num_candidates // num_models + (m < num_candidates % num_models))
+  return out
+
+
+def ref_log_normaliser(values: np.ndarray, allowed: np.ndarray) -> float:
+  """log sum_{j allowed} exp(values_j), by an explicit shifted sum."""
+  v = values[allowed]
+  top = v.max()
+  return top + math.log(float(np.sum(np.exp(v - top))))
+
+
+def ref_sequential_log_prob(scores: np.ndarray, items, models) -> float:
+  """log prod_k exp(s^{m(k)}_{c_k}) / sum_{j not yet drawn} exp(s^{m(k)}_j)."""
+  allowed = np.ones(scores.shape[1], bool)
+  total = 0.0
+  for item, m in zip(items, models):
+    total += scores[m, item] - ref_log_normaliser(scores[m], allowed)
+    allowed[item] = False
+  return total
+
+
+def ref_swr_log_prob(scores: np.ndarray, items, models) -> float:
+  """log prod_k exp(s^{m(k)}_{c_k}) / sum_j exp(s^{m(k)}_j)."""
+  everything = np.ones(scores.shape[1], bool)
+  return sum(scores[m, c] - ref_log_normaliser(scores[m], everything)
+             for c, m in zip(items, models))
+
+
+def ref_prefix_excluding(scores: np.ndarray, item: int, num_slots: int, models) -> list[int]:
+  """T_{num_slots}(a): the deterministic slot procedure on the other items."""
+  taken = []
+  for k in range(num_slots):
+    m = models[k]
+    candidates = [j for j in range(scores.shape[1]) if j != item and j not in taken]
+    taken.append(max(candidates, key=lambda j: scores[m, j]))
+  return taken
+
+
+def ref_ca_closed_form(scores: np.ndarray, item: int, num_candidates: int) -> float:
+  """log(1 - prod_k (1 - p_k(a))) of method.md §4.3, direct float64 evaluation.
+
+  p_k(a) = exp(s^{m(k)}_a) / sum_{b not in T_{k-1}(a)} exp(s^{m(k)}_b).
+  """
+  models = ref_models(num_candidates, scores.shape[0])
+  prefix = ref_prefix_excluding(scores, item, num_candidates - 1, models)
+  log_one_minus = 0.0
+  for k in range(num_candidates):
+    m = models[k]
+    allowed = np.ones(scores.shape[1], bool)
+    allowed[prefix[:k]] = False
+    log_pk = scores[m, item] - ref_log_normaliser(scores[m], allowed)
+    log_one_minus += math.log1p(-math.exp(log_pk)) if log_pk < 0 else -math.inf
+  # 1 - prod(1 - p) = -expm1(sum log1p(-p)), evaluated without cancellation.
+  return math.log(-math.expm1(log_one_minus)) if log_one_minus < 0 else -math.inf
+
+
+def all_lists(num_items: int, num_candidates: int) -> np.ndarray:
+  return np.array(list(itertools.permutations(range(num_items), num_candidates)), np.int32)
+
+
+def exact_inclusion_by_enumeration(scores: np.ndarray, num_candidates: int) -> np.ndarray:
+  """P(a in C) for every item, summing exact list probabilities. `[M, N]` -> `[N]`."""
+  models = ref_models(num_candidates, scores.shape[0])
+  incl = np.zeros(scores.shape[1])
+  for c in all_lists(scores.shape[1], num_candidates):
+    incl[c] += math.exp(ref_sequential_log_prob(scores, c, models))
+  return incl
+
+
+def exact_inclusion_by_quadrature(scores: np.ndarray, num_candidates: int,
+                                  grid_size: int = 6001) -> np.ndarray:
+  """P(a in C) for M = 1 from the Gumbel integral of method.md §4.6.
+
+  P(a in C) = E_{g_a}[ P(#{j != a : s_j + g_j > s_a + g_a} <= K-1) ]: a
+  Poisson-binomial tail (dynamic programme over the other items) integrated
+  against the Gumbel density of g_a with the trapezoid rule on a wide grid
+  (the integrand decays double-exponentially on the left, exponentially on
+  the right, so the rule converges fast).
+  """
+  s = np.asarray(scores, np.float64)
+  u = np.linspace(-12.0, 50.0, grid_size)  # g_a.
+  density = np.exp(-(u + np.exp(-u)))
+  incl = np.empty(s.shape[0])
+  for a in range(s.shape[0]):
+    t = s[a] + u
+    dist = np.zeros((grid_size, num_candidates))  # P(count = c), c < K.
+    dist[:, 0] = 1.0
+    for j in range(s.shape[0]):
+      if j == a:
+        continue
+      rate = np.exp(s[j] - t)
+      p_above = -np.expm1(-rate)
+      p_below = np.exp(-rate)
+      shifted = np.concatenate([np.zeros((grid_size, 1)), dist[:, :-1]], axis=1)
+      dist = dist * p_below[:, None] + shifted * p_above[:, None]
+    incl[a] = np.trapezoid(density * dist.sum(axis=1), u)
+  return incl
+
+
+def rel_err(value, ref) -> np.ndarray:
+  """|value - ref| / max(1, |ref|), elementwise (ref may be ~0 for log p ~ 0)."""
+  value = np.asarray(value, np.float64)
+  ref = np.asarray(ref, np.float64)
+  return np.abs(value - ref) / np.maximum(1.0, np.abs(ref))
+
+
+def random_problem(seed, num_models, batch, num_items, num_candidates, scale=1.0):
+  """Scores `[M, batch, N]` (float64, float32-representable) and random lists."""
+  rng = np.random.default_rng(seed)
+  scores = (scale * rng.normal(size=(num_models, batch, num_items)))
+  scores = scores.astype(np.float32).astype(np.float64)
+  lists = np.stack([rng.permutation(num_items)[:num_candidates] for _ in range(batch)])
+  return scores, lists.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------
+# sequential_log_prob / swr_log_prob.
+# ----------------------------------------------------------------------------
+
+SEQ_CASES = [
+    # (M, N, K, scale)
+    (1, 8, 3, 1.0),
+    (1, 8, 8, 1.0),
+    (2, 8, 3, 1.0),
+    (2, 8, 5, 1.0),
+    (1, 10, 4, 50.0),
+    (2, 10, 4, 50.0),
+    (2, 7, 7, 50.0),
+    (1, 9, 5, 1e3),
+    (2, 9, 9, 1e3),
+]
+
+
+@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", SEQ_CASES)
+def test_sequential_log_prob_float64(x64, num_models, num_items, num_candidates, scale):
+  """float64: relative error <= 1e-5 against the brute-force product."""
+  scores, lists = random_problem(1, num_models, 12, num_items, num_candidates, scale)
+  models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
+  got = pl.sequential_log_prob(jnp.asarray(scores), jnp.asarray(lists), models)
+  assert got.dtype == jnp.float64 and got.shape == (12,)
+  ref = [ref_sequential_log_prob(scores[:, b], lists[b], models) for b in range(12)]
+  err = rel_err(got, ref)
+  assert err.max() <= 1e-5, f"max rel err {err.max():.3e}"
+  # Much tighter in fact; a loose bound would hide a lost-precision bug.
+  assert err.max() <= 1e-11, f"max rel err {err.max():.3e}"
+
+
+@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", SEQ_CASES)
+def test_sequential_log_prob_float32(num_models, num_items, num_candidates, scale):
+  """float32 result vs the float64 brute force: relative error <= 1e-3, finite grads."""
+  scores, lists = random_problem(2, num_models, 12, num_items, num_candidates, scale)
+  models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
+  s32 = jnp.asarray(scores, jnp.float32)
+
+  def total(s):
+    return jnp.sum(pl.sequential_log_prob(s, jnp.asarray(lists), models))
+
+  got = pl.sequential_log_prob(s32, jnp.asarray(lists), models)
+  assert got.dtype == jnp.float32
+  ref = [ref_sequential_log_prob(scores[:, b], lists[b], models) for b in range(12)]
+  err = rel_err(got, ref)
+  assert np.all(np.isfinite(got))
+  assert err.max() <= 1e-3, f"max rel err {err.max():.3e}"
+  grad = jax.grad(total)(s32)
+  assert np.all(np.isfinite(grad)), "non-finite gradient"
+
+
+def test_sequential_log_prob_most_mass_drawn_float32():
+  """The drawn items hold almost all the mass: no cancellation (§4.1).
+
+  The scores make the first draws dominant by e^40; the log-probability of
+  the later, rare draws must still be right to float32 precision, which the
+  subtractive form log(exp(A) - exp(B)) cannot give.
+  """
+  scores = np.array([[40.0, 39.0, 38.0, 0.0, -1.0, -2.0, 0.5]])
+  lists = np.array([[0, 1, 2, 3, 5]], np.int32)
+  models = sampling.slot_models((5,))
+  got = pl.sequential_log_prob(jnp.asarray(scores[:, None], jnp.float32),
+                               jnp.asarray(lists), models)
+  ref = ref_sequential_log_prob(scores, lists[0], models)
+  assert abs(float(got[0]) - ref) <= 1e-4 * max(1.0, abs(ref)), (float(got[0]), ref)
+
+
+@pytest.mark.parametrize("num_models,num_items,num_candidates", [
+    (1, 5, 2), (1, 5, 3), (2, 5, 3), (3, 5, 3), (1, 4, 4), (2, 5, 5)])
+def test_sequential_probabilities_sum_to_one(x64, num_models, num_items, num_candidates):
+  """sum over every ordered list of exp(log pi) == 1."""
+  rng = np.random.default_rng(7)
+  scores = rng.normal(size=(num_models, 1, num_items)) * 2.0
+  lists = all_lists(num_items, num_candidates)
+  batched = jnp.broadcast_to(jnp.asarray(scores), (num_models, len(lists), num_items))
+  models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
+  total = float(jnp.sum(jnp.exp(pl.sequential_log_prob(batched, jnp.asarray(lists), models))))
+  assert abs(total - 1.0) < 1e-12, total
+
+
+@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", [
+    (1, 8, 3, 1.0), (2, 8, 5, 1.0), (3, 9, 9, 50.0), (2, 9, 4, 1e3)])
+def test_swr_log_prob(x64, num_models, num_items, num_candidates, scale):
+  """V-PG-SwR's log-probability against the brute-force with-replacement product."""
+  scores, lists = random_problem(3, num_models, 10, num_items, num_candidates, scale)
+  models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
+  got = pl.swr_log_prob(jnp.asarray(scores), jnp.asarray(lists), models)
+  ref = [ref_swr_log_prob(scores[:, b], lists[b], models) for b in range(10)]
+  assert rel_err(got, ref).max() <= 1e-11
+  # float32: value and gradient.
+  s32 = jnp.asarray(scores, jnp.float32)
+  got32 = pl.swr_log_prob(s32, jnp.asarray(lists), models)
+  assert rel_err(got32, ref).max() <= 1e-3
+  grad = jax.grad(lambda s: jnp.sum(pl.swr_log_prob(s, jnp.asarray(lists), models)))(s32)
+  assert np.all(np.isfinite(grad))
+
+
+# ----------------------------------------------------------------------------
+# The CA-PG closed form (§4.3).
+# ----------------------------------------------------------------------------
+
+CA_CASES = [
+    # (M, N, K, scale)
+    (1, 8, 1, 1.0),
+    (1, 8, 2, 1.0),
+    (1, 8, 4, 1.0),
+    (1, 8, 8, 1.0),
+    (2, 8, 2, 1.0),
+    (2, 8, 5, 1.0),
+    (2, 8, 8, 1.0),
+    (3, 9, 3, 1.0),
+    (3, 9, 7, 1.0),
+    (1, 9, 4, 20.0),
+    (2, 9, 5, 20.0),
+]
+
+
+def ca_problem(seed, num_models, num_items, num_candidates, scale, batch=6):
+  """Scores and, per context, L = 4 items: the top one, one from the middle,
+  the last one, and a random one (items inside and outside the top-K)."""
+  rng = np.random.default_rng(seed)
+  scores = (scale * rng.normal(size=(num_models, batch, num_items)))
+  scores = scores.astype(np.float32).astype(np.float64)
+  order = np.argsort(-scores[0], axis=-1)
+  items = np.stack([order[:, 0], order[:, num_items // 2], order[:, -1],
+                    rng.integers(0, num_items, batch)], axis=1).astype(np.int32)
+  return scores, items
+
+
+@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", CA_CASES)
+def test_ca_closed_form_matches_direct_formula(x64, num_models, num_items,
+                                               num_candidates, scale):
+  """ca_inclusion_log_prob == the §4.3 formula evaluated directly (float64)."""
+  scores, items = ca_problem(4, num_models, num_items, num_candidates, scale)
+  got = np.asarray(pl.ca_inclusion_log_prob(
+      jnp.asarray(scores), jnp.asarray(items), num_candidates))
+  assert got.shape == items.shape
+  ref = np.array([[ref_ca_closed_form(scores[:, b], int(a), num_candidates)
+                   for a in items[b]] for b in range(items.shape[0])])
+  finite = np.isfinite(ref)
+  # Items certain to be included (K = N) have ref log P = 0: the library clamps
+  # p_k <= 1 - eps, which leaves a value of order log(1 - eps^K) ~ 0.
+  np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-9, atol=1e-9)
+  assert np.all(np.abs(got[~finite]) < 1e-9)
+  assert np.all(got <= 0.0)
+
+
+@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", CA_CASES)
+def test_ca_closed_form_float32(num_models, num_items, num_candidates, scale):
+  """float32 closed form vs the float64 formula, and finite gradients."""
+  scores, items = ca_problem(5, num_models, num_items, num_candidates, scale)
+  s32 = jnp.asarray(scores, jnp.float32)
+  got = pl.ca_inclusion_log_prob(s32, jnp.asarray(items), num_candidates)
+  ref = np.array([[ref_ca_closed_form(scores[:, b], int(a), num_candidates)
+                   for a in items[b]] for b in range(items.shape[0])])
+  assert np.all(np.isfinite(got))
+  # Absolute 1e-5 covers the log P ~ 0 items (clamped at 1 - eps in float32).
+  err = np.abs(np.asarray(got, np.float64) - ref) / np.maximum(1e-2, np.abs(ref))
+  assert err.max() <= 1e-3, err.max()
+  grad = jax.grad(lambda s: jnp.sum(pl.ca_inclusion_log_prob(
+      s, jnp.asarray(items), num_candidates)))(s32)
+  assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("num_candidates", [1, 2, 3, 6, 10])
+def test_ca_single_model_fast_path_equals_general_path(x64, num_candidates):
+  """M = 1: the T_{K-1}(a) shortcut from the top-K list == the general procedure."""
+  rng = np.random.default_rng(num_candidates)
+  num_items, batch = 10, 8
+  scores = jnp.asarray(rng.normal(size=(1, batch, num_items)))
+  items = jnp.asarray(rng.integers(0, num_items, (batch, 5)), jnp.int32)
+  counts = sampling.slot_counts(num_candidates, 1)
+  models = sampling.slot_models(counts)
+  top = sampling.top_candidates(scores, num_candidates)
+  fast = pl._prefix_excluding_single_model(top, items)  # [batch, L, K-1]
+  general = jnp.stack([pl._prefix_excluding_general(scores, items[:, l], counts)
+                       for l in range(items.shape[1])], axis=1)
+  np.testing.assert_array_equal(np.asarray(fast), np.asarray(general))
+  value_fast = pl._closed_form_from_prefixes(scores, items, fast, models)
+  value_general = pl._closed_form_from_prefixes(scores, items, general, models)
+  np.testing.assert_allclose(value_fast, value_general, rtol=0, atol=1e-14)
+  public = pl.ca_inclusion_log_prob(scores, items, num_candidates)
+  np.testing.assert_allclose(public, value_general, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("num_models", [1])
+@pytest.mark.parametrize("num_items", [2, 7, 30])
+def test_ca_and_top1_equal_softmax_at_k1(x64, num_models, num_items):
+  """K = 1: both CA forms are the exact inclusion probability, softmax(s)_a."""
+  rng = np.random.default_rng(num_items)
+  scores = rng.normal(size=(num_models, 4, num_items)) * 3.0
+  items = jnp.asarray(np.tile(np.arange(num_items), (4, 1)), jnp.int32)
+  shifted = scores[0] - scores[0].max(axis=-1, keepdims=True)
+  softmax = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+  for fn in (pl.ca_inclusion_log_prob, pl.top1_log_prob):
+    got = np.exp(np.asarray(fn(jnp.asarray(scores), items, 1)))
+    np.testing.assert_allclose(got, softmax, rtol=0, atol=1e-6, err_msg=fn.__name__)
+    np.testing.assert_allclose(got, softmax, rtol=1e-10, err_msg=fn.__name__)
+
+
+def _print_inclusion_table(title, scores, closed, mc, exact, num_rows):
+  """Prints item | score | closed form | MC | exact | |closed - reference|."""
+  reference = exact if exact is not None else mc
+  print(f"\n{title}")
+  print(f"{'item':>5} {'score':>8} {'closed':>9} {'MC freq':>9} {'exact':>9} {'abs err':>9}")
+  order = np.argsort(-scores)
+  for a in order[:num_rows]:
+    ex = f"{exact[a]:9.5f}" if exact is not None else f"{'-':>9}"
+    print(f"{a:5d} {scores[a]:8.3f} {closed[a]:9.5f} {mc[a]:9.5f} {ex} "
+          f"{abs(closed[a] - reference[a]):9.5f}")
+  err = np.abs(closed - reference)
+  print(f"max |closed - {'exact' if exact is not None else 'MC'}| = {err.max():.5f} "
+        f"(item {int(np.argmax(err))}); mean = {err.mean():.5f}")
+  return err.max()
+
+
+def _mc_inclusion(seed, scores, num_candidates, num_draws):
+  """Inclusion frequencies of a single-model context over `num_draws` samples."""
+  batched = jnp.broadcast_to(jnp.asarray(scores, jnp.float32)[None, None, :],
+                             (1, num_draws, scores.shape[0]))
+  cands = np.asarray(sampling.sample_candidates(jax.random.key(seed), batched, num_candidates))
+  return np.bincount(cands.ravel(), minlength=scores.shape[0]) / num_draws
+
+
+def _closed_form_all_items(scores, num_candidates):
+  items = jnp.arange(scores.shape[0], dtype=jnp.int32)[None]
+  return np.exp(np.asarray(pl.ca_inclusion_log_prob(
+      jnp.asarray(scores)[None, None], items, num_candidates)))[0]
+
+
+@pytest.mark.parametrize("kind", ["flat", "peaked"])
+def test_closed_form_error_small_catalogue(x64, kind):
+  """N = 6, K = 3: exact inclusion (enumeration) vs quadrature vs MC vs closed form."""
+  rng = np.random.default_rng(8)
+  scale = 1e-3 if kind == "flat" else 3.0
+  scores = (scale * rng.normal(size=6)).astype(np.float32).astype(np.float64)
+  exact = exact_inclusion_by_enumeration(scores[None], 3)
+  np.testing.assert_allclose(exact.sum(), 3.0, rtol=1e-12)
+  # The quadrature reference (used for N = 50 below) agrees with enumeration.
+  np.testing.assert_allclose(exact_inclusion_by_quadrature(scores, 3), exact, atol=1e-8)
+  num_draws = 100_000
+  mc = _mc_inclusion(9, scores, 3, num_draws)
+  stderr = np.sqrt(exact * (1 - exact) / num_draws)
+  assert np.all(np.abs(mc - exact) <= 4 * stderr + 1e-12), (mc, exact)
+  closed = _closed_form_all_items(scores, 3)
+  max_err = _print_inclusion_table(f"CA-PG closed form, N=6 K=3, {kind} scores",
+                                   scores, closed, mc, exact, 6)
+  assert np.all((closed > 0) & (closed <= 1))
+  if kind == "flat":
+    # All scores equal: the closed form telescopes to K/N exactly.
+    assert max_err < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["flat", "peaked"])
+def test_closed_form_error_n50_k10(x64, kind):
+  """N = 50, K = 10: MC over 100,000 draws agrees with the quadrature inclusion;
+  the closed form's error against it is printed (it is an approximation)."""
+  rng = np.random.default_rng(10)
+  scale = 1e-3 if kind == "flat" else 3.0
+  scores = (scale * rng.normal(size=50)).astype(np.float32).astype(np.float64)
+  exact = exact_inclusion_by_quadrature(scores, 10)
+  np.testing.assert_allclose(exact.sum(), 10.0, atol=1e-6)
+  num_draws = 100_000
+  mc = _mc_inclusion(11, scores, 10, num_draws)
+  stderr = np.sqrt(exact * (1 - exact) / num_draws)
+  assert np.all(np.abs(mc - exact) <= 4 * stderr + 1e-12), np.max(np.abs(mc - exact) / stderr)
+  closed = _closed_form_all_items(scores, 10)
+  max_err = _print_inclusion_table(f"CA-PG closed form, N=50 K=10, {kind} scores "
+                                   "(exact = Gumbel quadrature, top 15 items)",
+                                   scores, closed, mc, exact, 15)
+  assert np.all((closed > 0) & (closed <= 1))
+  if kind == "flat":
+    assert max_err < 1e-3
+
+
+# ----------------------------------------------------------------------------
+# CA-PG-SwR / TOP1 (§4.4).
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_models,num_candidates", [(1, 5), (2, 5), (3, 7), (4, 4)])
+def test_top1_log_prob_sum_and_logsumexp(x64, num_models, num_candidates):
+  """sum_m K_m (s^m_a - LSE s^m), and the logsumexp-over-m option."""
+  rng = np.random.default_rng(12)
+  scores = rng.normal(size=(num_models, 5, 9)) * 2.0
+  items = rng.integers(0, 9, (5, 3)).astype(np.int32)
+  counts = [num_candidates // num_models + (m < num_candidates % num_models)
+            for m in range(num_models)]
+  terms = np.zeros((num_models, 5, 3))
+  for m in range(num_models):
+    for b in range(5):
+      log_norm = ref_log_normaliser(scores[m, b], np.ones(9, bool))
+      terms[m, b] = counts[m] * (scores[m, b, items[b]] - log_norm)
+  got_sum = pl.top1_log_prob(jnp.asarray(scores), jnp.asarray(items), num_candidates)
+  np.testing.assert_allclose(got_sum, terms.sum(axis=0), rtol=1e-12)
+  got_lse = pl.top1_log_prob(jnp.asarray(scores), jnp.asarray(items), num_candidates,
+                             combine="logsumexp")
+  top = terms.max(axis=0)
+  ref_lse = top + np.log(np.exp(terms - top).sum(axis=0))
+  np.testing.assert_allclose(got_lse, ref_lse, rtol=1e-12)
+  if num_models > 1:
+    assert not np.allclose(got_sum, got_lse)
+
+
+def test_top1_log_prob_rejects_unknown_combine():
+  with pytest.raises(ValueError, match="combine"):
+    pl.top1_log_prob(jnp.zeros((1, 2, 4)), jnp.zeros((2, 1), jnp.int32), 2, combine="max")
+
+
+# ----------------------------------------------------------------------------
+# Finite values and gradients with extreme scores.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_models", [1, 2])
+@pytest.mark.parametrize("num_candidates", [3, 8])
+@pytest.mark.parametrize("scale", [50.0, 1e3])
+def test_all_log_probs_finite_with_extreme_scores(num_models, num_candidates, scale):
+  """Values and gradients of every PL quantity stay finite (float32), K up to N."""
+  rng = np.random.default_rng(13)
+  num_items, batch = 8, 16
+  scores = jnp.asarray(scale * rng.choice([-1.0, 1.0], (num_models, batch, num_items))
+                       * rng.uniform(0.5, 1.0, (num_models, batch, num_items)), jnp.float32)
+  models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
+  cands = sampling.sample_candidates(jax.random.key(0), scores, num_candidates)
+  items = cands[:, :2]
+  worst = jnp.argsort(scores[0], axis=-1)[:, :2].astype(jnp.int32)  # Least likely items.
+  fns = {
+      "sequential": lambda s: pl.sequential_log_prob(s, cands, models),
+      "swr": lambda s: pl.swr_log_prob(s, cands, models),
+      "ca": lambda s: pl.ca_inclusion_log_prob(s, items, num_candidates),
+      "ca_worst": lambda s: pl.ca_inclusion_log_prob(s, worst, num_candidates),
+      "top1": lambda s: pl.top1_log_prob(s, items, num_candidates),
+      "top1_lse": lambda s: pl.top1_log_prob(s, worst, num_candidates, "logsumexp"),
+  }
+  for name, fn in fns.items():
+    value = fn(scores)
+    grad = jax.grad(lambda s: jnp.sum(fn(s)))(scores)
+    assert np.all(np.isfinite(value)), name
+    assert np.all(value <= 0.0), name
+    assert np.all(np.isfinite(grad)), name
+
+
+# ----------------------------------------------------------------------------
+# log_space helpers against 60-digit decimal references.
+# ----------------------------------------------------------------------------
+
+_CTX = decimal.Context(prec=60)
+
+
+def dec_log1mexp(x: float) -> float:
+  """log(1 - exp(x)) in 60-digit decimal arithmetic."""
+  one = decimal.Decimal(1)
+  return float(_CTX.ln(_CTX.subtract(one, _CTX.exp(decimal.Decimal(x)))))
+
+
+def dec_log_one_minus_prod_one_minus(log_p) -> float:
+  """log(1 - prod_k (1 - exp(log_p_k))) in 60-digit decimal arithmetic."""
+  one = decimal.Decimal(1)
+  prod = one
+  for lp in log_p:
+    prod = _CTX.multiply(prod, _CTX.subtract(one, _CTX.exp(decimal.Decimal(float(lp)))))
+  return float(_CTX.ln(_CTX.subtract(one, prod)))
+
+
+LOG1MEXP_POINTS = np.array([
+    -1e-9, -1e-7, -1e-5, -1e-3, -0.1, -0.5, -math.log(2.0), -0.7, -1.0, -2.0,
+    -10.0, -30.0, -50.0, -87.0, -92.0, -100.0, -700.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log1mexp(x64, dtype):
+  """log1mexp(x) vs decimal over 1e-9 <= -x <= 700, and finite gradients."""
+  x = LOG1MEXP_POINTS.astype(dtype)
+  got = np.asarray(log_space.log1mexp(jnp.asarray(x)))
+  assert got.dtype == dtype
+  ref = np.array([dec_log1mexp(float(v)) for v in x])
+  tol = 2e-6 if dtype == np.float32 else 1e-14
+  # Relative error; for x -> -inf the value is ~ -exp(x), tiny but representable.
+  mask = np.abs(ref) > np.finfo(dtype).tiny * 1e3
+  np.testing.assert_allclose(got[mask], ref[mask], rtol=tol)
+  assert np.all(np.abs(got[~mask]) <= np.finfo(dtype).tiny * 1e3)
+  grad = jax.vmap(jax.grad(log_space.log1mexp))(jnp.asarray(x))
+  assert np.all(np.isfinite(grad))
+  # d/dx log(1 - e^x) = -e^x / (1 - e^x) = -1 / expm1(-x).
+  np.testing.assert_allclose(grad, -1.0 / np.expm1(-x.astype(np.float64)),
+                             rtol=10 * tol)
+
+
+LOG_PROD_CASES = {
+    # name: log p_k.
+    "moderate": [math.log(0.3), math.log(0.2), math.log(0.05)],
+    "tiny_p_1e-40": [-92.0, -92.0, -93.0, -95.0],  # Underflows naively in float32.
+    "tiny_p_1e-300": [-690.0, -691.0],
+    "mixed": [-92.0, math.log(0.5), -30.0],
+    "near_one_p": [math.log1p(-1e-9), math.log(0.5)],
+    "near_one_single": [math.log1p(-1e-6)],
+    "many_small": [-20.0] * 10,
+    "u_near_threshold": [math.log(5e-4), math.log(4.999e-4)],
+    "u_just_over": [math.log(6e-4), math.log(6e-4)],
+    "single_moderate": [math.log(0.9)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOG_PROD_CASES))
+def test_log_one_minus_prod_one_minus(x64, name):
+  """log(1 - prod(1 - p)) vs decimal in float64 and float32, finite gradients."""
+  log_p = np.array(LOG_PROD_CASES[name])
+  for dtype, rtol, atol in ((np.float64, 1e-9, 1e-12), (np.float32, 1e-5, 2e-7)):
+    lp = log_p.astype(dtype)
+    if dtype == np.float32 and np.any(lp < -103.0):
+      continue  # Below float32's smallest subnormal: not representable.
+    ref = dec_log_one_minus_prod_one_minus(lp.astype(np.float64))
+    got = float(log_space.log_one_minus_prod_one_minus(jnp.asarray(lp)))
+    # p within one float epsilon of 1 is clamped to 1 - eps (documented).
+    eps = float(np.finfo(dtype).eps)
+    atol_case = atol + (eps if np.any(lp > -eps) else 0.0)
+    assert abs(got - ref) <= atol_case + rtol * abs(ref), (dtype.__name__, got, ref)
+    grad = jax.grad(log_space.log_one_minus_prod_one_minus)(jnp.asarray(lp))
+    assert np.all(np.isfinite(grad)), (dtype.__name__, grad)
+
+
+def test_log_one_minus_prod_naive_underflows_but_helper_does_not():
+  """The reason for log space: at p ~ 1e-40 the naive float32 form gives -inf."""
+  lp = jnp.asarray([-92.0, -92.0], jnp.float32)
+  naive = jnp.log(1.0 - jnp.prod(1.0 - jnp.exp(lp)))
+  assert np.isneginf(naive)
+  got = float(log_space.log_one_minus_prod_one_minus(lp))
+  assert abs(got - (-92.0 + math.log(2.0))) < 1e-5
+
+
+def test_log_one_minus_prod_axis_and_batch(x64):
+  """The `axis` argument reduces the right axis of a batch."""
+  rng = np.random.default_rng(14)
+  log_p = np.log(rng.uniform(1e-6, 0.9, (3, 4, 5)))
+  got = np.asarray(log_space.log_one_minus_prod_one_minus(jnp.asarray(log_p), axis=1))
+  assert got.shape == (3, 5)
+  for i in range(3):
+    for j in range(5):
+      ref = dec_log_one_minus_prod_one_minus(log_p[i, :, j])
+      assert abs(got[i, j] - ref) <= 1e-9 * abs(ref) + 1e-12
+
+
+def test_masked_logsumexp_empty_is_neg_inf_with_zero_gradient():
+  """An empty mask gives -inf and a zero (not NaN) gradient."""
+  x = jnp.asarray([[1.0, 2.0, 3.0], [0.0, -1.0, 5.0]])
+  mask = jnp.asarray([[False, False, False], [True, False, True]])
+  value = log_space.masked_logsumexp(x, mask)
+  assert np.isneginf(value[0])
+  np.testing.assert_allclose(value[1], np.logaddexp(0.0, 5.0), rtol=1e-6)
+  grad = jax.grad(lambda v: log_space.masked_logsumexp(v, mask)[1])(x)
+  assert np.all(np.isfinite(grad))
+  grad0 = jax.grad(lambda v: jnp.sum(jnp.where(
+      mask.any(-1), log_space.masked_logsumexp(v, mask), 0.0)))(x)
+  assert np.all(np.isfinite(grad0))
