@@ -14,34 +14,31 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from cpg_jax import checkpointing
-from cpg_jax import config as config_lib
-from cpg_jax import loop
-from cpg_jax import report
-from cpg_jax.environments import DataFileError
+from cpg_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/quickstart.py", "Experiment config file (configs/*.py).",
-    lock_config=True)
+try:  # config_flags applies --config.<field> overrides while defining the flag.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", "configs/quickstart.py", "Experiment config file (configs/*.py).",
+      lock_config=True)
+except Exception as e:  # pylint: disable=broad-except
+  cli.fail(cli.describe_parse_error(e, sys.argv))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _PLOT = flags.DEFINE_bool("plot", True, "Draw the learning curves when training ends.")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --config, "
+             "--config.<field>=<value>, --workdir, --[no]plot)")
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required (where checkpoints and metrics go)")
+    cli.fail("--workdir is required: the directory for checkpoints, metrics and plots.")
   try:
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, DataFileError, loop.WorkdirError,
-          checkpointing.IncompatibleCheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  if _PLOT.value:
-    png = report.write_report([_WORKDIR.value])
-    print(f"Learning curves: {png}")
+    config = _CONFIG.value
+    config.keys()  # config_flags defers a failed load until the config is used.
+  except Exception as e:  # pylint: disable=broad-except
+    cli.fail(cli.describe_parse_error(e, sys.argv))
+  return cli.run(config, _WORKDIR.value, _PLOT.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

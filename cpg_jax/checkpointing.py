@@ -2,7 +2,8 @@
 
 An Orbax `CheckpointManager` under `<workdir>/checkpoints` keeps the last few
 steps. Each checkpoint holds two items: `state` (the batched `TrainState`) and
-`config` (the resolved config as JSON). Orbax writes asynchronously: `save`
+`meta` (the resolved config and a digest of the state, as JSON). Orbax writes
+asynchronously: `save`
 returns at once and `wait` blocks until the write is committed; Orbax
 finalises a step directory only when it is complete, so a half-written step
 is never listed as a checkpoint.
@@ -14,10 +15,14 @@ save); any other difference is refused, naming the fields.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import time
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Changing these does not change the trajectory of training.
@@ -60,38 +65,119 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
   return differences
 
 
-class Checkpointer:
-  """Saves and restores `(state, config)` pairs in `<workdir>/checkpoints`."""
+def state_digest(state) -> str:
+  """SHA-256 over every leaf's dtype, shape and bytes (host-side).
 
-  def __init__(self, workdir: str, keep: int):
+  Stored beside each checkpoint and checked on restore: Orbax detects a
+  missing or truncated file, the digest also catches flipped bytes.
+  """
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(state):
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint could not be read back intact."""
+
+
+class NoIntactCheckpointError(RuntimeError):
+  """The workdir has damaged checkpoints and none that reads back intact."""
+
+
+class Checkpointer:
+  """Saves and restores `(state, config)` pairs in `<workdir>/checkpoints`.
+
+  Each step holds the items `state` and `meta` (`{"config": ..., "step": ...,
+  "state_sha256": ...}`). Damaged steps found on restore are moved to
+  `<workdir>/damaged_checkpoints/` so that they are neither read again nor
+  overwritten.
+  """
+
+  def __init__(self, workdir: str, keep: int, log=print):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.damaged_directory = os.path.abspath(os.path.join(workdir, "damaged_checkpoints"))
+    self._log = log
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_names=("state", "config"),
+        item_names=("state", "meta"),
     )
-
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
   def save(self, step: int, state, config: Mapping[str, Any]) -> None:
     """Starts an asynchronous save of `state` and `config` at `step`."""
+    meta = {"config": dict(config), "step": int(step), "state_sha256": state_digest(state)}
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(dict(config))))
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
-  def restore_config(self, step: int) -> dict[str, Any]:
+  def restore_meta(self, step: int) -> dict[str, Any]:
     return dict(self._manager.restore(
-        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
-  def restore_state(self, step: int, abstract_state):
-    """Restores the state into the structure (and dtypes) of `abstract_state`."""
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    return restored["state"]
+  def restore(self, step: int, abstract_state):
+    """(state, meta) of `step`, into the structure of `abstract_state`.
+
+    Raises:
+      DamagedCheckpointError: unreadable files or a digest mismatch.
+    """
+    try:
+      meta = self.restore_meta(step)
+      state = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+    except Exception as e:  # Orbax/TensorStore raise many types for bad files.
+      raise DamagedCheckpointError(f"unreadable ({type(e).__name__}: {e})") from e
+    if state_digest(state) != meta.get("state_sha256"):
+      raise DamagedCheckpointError("its contents do not match the digest saved with it")
+    return state, meta
+
+  def restore_latest_intact(self, abstract_state, check_config):
+    """The newest checkpoint that reads back intact, or None.
+
+    `check_config(saved_config)` is called on the newest readable metadata
+    before any state is restored (it raises to refuse the workdir). Damaged
+    steps are reported and moved aside, and older ones are tried.
+
+    Returns:
+      (step, state) or None when no checkpoint exists.
+    Raises:
+      NoIntactCheckpointError: checkpoints were damaged and none is left.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        meta = self.restore_meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, f"unreadable metadata ({type(e).__name__}: {e})")
+        continue
+      check_config(meta.get("config", {}))
+      try:
+        state, _ = self.restore(step, abstract_state)
+      except DamagedCheckpointError as e:
+        self._set_aside(step, str(e))
+        continue
+      return step, state
+    if os.path.isdir(self.damaged_directory) and os.listdir(self.damaged_directory):
+      raise NoIntactCheckpointError(
+          f"no intact checkpoint is left in {self.directory}; the damaged ones are in "
+          f"{self.damaged_directory}. Delete that folder to start this workdir from "
+          "scratch, or use a new --workdir.")
+    return None
+
+  def _set_aside(self, step: int, reason: str) -> None:
+    os.makedirs(self.damaged_directory, exist_ok=True)
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.damaged_directory, f"{step}.{int(time.time())}")
+    shutil.move(source, target)
+    self._manager.reload()
+    self._log(f"WARNING: checkpoint at step {step} is damaged: {reason}. "
+              f"Moved it to {target}; falling back to an older checkpoint.")
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -124,24 +124,27 @@ def train_and_evaluate(
   seeds = seeds_of(config)
   env = experiment.env
 
-  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints, log=log)
   metrics_file = metrics_log.MetricsLog(workdir)
-  latest = checkpointer.latest_step()
   fresh = jax.eval_shape(lambda: trainer.init_states(experiment, seeds))
-  if latest is not None:
-    saved_config = checkpointer.restore_config(latest)
+
+  def refuse_if_incompatible(saved_config):
     differences = checkpointing.config_differences(saved_config, config_dict)
     if differences:
       checkpointer.close()
       raise checkpointing.IncompatibleCheckpointError(
-          f"workdir {workdir!r} holds a checkpoint (step {latest}) made with a "
-          "different config; these fields differ (saved -> now): "
-          + "; ".join(differences)
+          f"workdir {workdir!r} holds checkpoints made with a different config; "
+          "these fields differ (saved -> now): " + "; ".join(differences)
           + ". Use a new --workdir, or restore the old values.")
-    states = checkpointer.restore_state(latest, checkpointing.abstract_like(fresh))
+
+  restored = checkpointer.restore_latest_intact(
+      checkpointing.abstract_like(fresh), refuse_if_incompatible)
+  if restored is not None:
+    latest, states = restored
     metrics_file.truncate_after(latest)
     log(f"Resumed from {checkpointer.directory} at step {latest}.")
   else:
+    latest = None
     states = trainer.init_states(experiment, seeds)
     metrics_file.truncate_after(-1)
   metrics_log.atomic_write_text(

@@ -1,7 +1,7 @@
 """Tests for `cpg_jax.plackett_luce` and `cpg_jax.log_space` against brute force.
 
 References are written independently of the library: explicit sums and
-products over enumerated lists in NumPy float64, and Python `decimal` at 60
+products over enumerated lists in NumPy float64, and Python `decimal` at 800
 digits for the log-space helpers. Library results in float64 (inside the `x64`
 fixture) must match them tightly; float32 results loosely.
 """
@@ -29,12 +29,15 @@ def x64():
     yield
 
 
-def evaluate(fn, x):
+def evaluate(fn, x, with_grad=True):
   """(fn(x), grad of sum(fn) at x) as NumPy arrays, from one jitted program.
 
   Jitting the whole function compiles once instead of op by op, which keeps
-  these many small cases fast.
+  these many small cases fast. With `with_grad=False` the gradient is None.
   """
+  if not with_grad:
+    return np.asarray(jax.jit(fn)(x)), None
+
   def both(v):
     return fn(v), jax.grad(lambda t: jnp.sum(fn(t)))(v)
   value, grad = jax.jit(both)(x)
@@ -189,7 +192,7 @@ def test_sequential_log_prob_float64(x64, num_models, num_items, num_candidates,
   scores, lists = random_problem(1, num_models, 12, num_items, num_candidates, scale)
   models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
   got, _ = evaluate(lambda s: pl.sequential_log_prob(s, jnp.asarray(lists), models),
-                    jnp.asarray(scores))
+                    jnp.asarray(scores), with_grad=False)
   assert got.dtype == np.float64 and got.shape == (12,)
   ref = [ref_sequential_log_prob(scores[:, b], lists[b], models) for b in range(12)]
   err = rel_err(got, ref)
@@ -240,7 +243,7 @@ def test_sequential_probabilities_sum_to_one(x64, num_models, num_items, num_can
   batched = jnp.broadcast_to(jnp.asarray(scores), (num_models, len(lists), num_items))
   models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
   log_probs, _ = evaluate(lambda s: pl.sequential_log_prob(s, jnp.asarray(lists), models),
-                          batched)
+                          batched, with_grad=False)
   total = float(np.sum(np.exp(log_probs)))
   assert abs(total - 1.0) < 1e-12, total
 
@@ -252,7 +255,7 @@ def test_swr_log_prob(x64, num_models, num_items, num_candidates, scale):
   scores, lists = random_problem(3, num_models, 10, num_items, num_candidates, scale)
   models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
   got, _ = evaluate(lambda s: pl.swr_log_prob(s, jnp.asarray(lists), models),
-                    jnp.asarray(scores))
+                    jnp.asarray(scores), with_grad=False)
   ref = [ref_swr_log_prob(scores[:, b], lists[b], models) for b in range(10)]
   assert rel_err(got, ref).max() <= 1e-11
   # float32: value and gradient.
@@ -300,7 +303,7 @@ def test_ca_closed_form_matches_direct_formula(x64, num_models, num_items,
   """ca_inclusion_log_prob == the §4.3 formula evaluated directly (float64)."""
   scores, items = ca_problem(4, num_models, num_items, num_candidates, scale)
   got, _ = evaluate(lambda s: pl.ca_inclusion_log_prob(s, jnp.asarray(items), num_candidates),
-                    jnp.asarray(scores))
+                    jnp.asarray(scores), with_grad=False)
   assert got.shape == items.shape
   ref = np.array([[ref_ca_closed_form(scores[:, b], int(a), num_candidates)
                    for a in items[b]] for b in range(items.shape[0])])
@@ -365,7 +368,8 @@ def test_ca_and_top1_equal_softmax_at_k1(x64, num_models, num_items):
   shifted = scores[0] - scores[0].max(axis=-1, keepdims=True)
   softmax = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
   for fn in (pl.ca_inclusion_log_prob, pl.top1_log_prob):
-    log_p, _ = evaluate(lambda s, fn=fn: fn(s, items, 1), jnp.asarray(scores))
+    log_p, _ = evaluate(lambda s, fn=fn: fn(s, items, 1), jnp.asarray(scores),
+                        with_grad=False)
     got = np.exp(log_p)
     np.testing.assert_allclose(got, softmax, rtol=0, atol=1e-6, err_msg=fn.__name__)
     np.testing.assert_allclose(got, softmax, rtol=1e-10, err_msg=fn.__name__)
@@ -398,7 +402,7 @@ def _mc_inclusion(seed, scores, num_candidates, num_draws):
 def _closed_form_all_items(scores, num_candidates):
   items = jnp.arange(scores.shape[0], dtype=jnp.int32)[None]
   log_p, _ = evaluate(lambda s: pl.ca_inclusion_log_prob(s, items, num_candidates),
-                      jnp.asarray(scores)[None, None])
+                      jnp.asarray(scores)[None, None], with_grad=False)
   return np.exp(log_p)[0]
 
 
@@ -466,10 +470,11 @@ def test_top1_log_prob_sum_and_logsumexp(x64, num_models, num_candidates):
       log_norm = ref_log_normaliser(scores[m, b], np.ones(9, bool))
       terms[m, b] = counts[m] * (scores[m, b, items[b]] - log_norm)
   got_sum, _ = evaluate(lambda s: pl.top1_log_prob(s, jnp.asarray(items), num_candidates),
-                        jnp.asarray(scores))
+                        jnp.asarray(scores), with_grad=False)
   np.testing.assert_allclose(got_sum, terms.sum(axis=0), rtol=1e-12)
   got_lse, _ = evaluate(lambda s: pl.top1_log_prob(
-      s, jnp.asarray(items), num_candidates, combine="logsumexp"), jnp.asarray(scores))
+      s, jnp.asarray(items), num_candidates, combine="logsumexp"), jnp.asarray(scores),
+      with_grad=False)
   top = terms.max(axis=0)
   ref_lse = top + np.log(np.exp(terms - top).sum(axis=0))
   np.testing.assert_allclose(got_lse, ref_lse, rtol=1e-12)
@@ -521,20 +526,20 @@ def test_all_log_probs_finite_with_extreme_scores(num_models, num_candidates, sc
 
 
 # ----------------------------------------------------------------------------
-# log_space helpers against 60-digit decimal references.
+# log_space helpers against 800-digit decimal references.
 # ----------------------------------------------------------------------------
 
-_CTX = decimal.Context(prec=60)
+_CTX = decimal.Context(prec=800)  # 1 - 1e-304 must not round to 1.
 
 
 def dec_log1mexp(x: float) -> float:
-  """log(1 - exp(x)) in 60-digit decimal arithmetic."""
+  """log(1 - exp(x)) in 800-digit decimal arithmetic."""
   one = decimal.Decimal(1)
   return float(_CTX.ln(_CTX.subtract(one, _CTX.exp(decimal.Decimal(x)))))
 
 
 def dec_log_one_minus_prod_one_minus(log_p) -> float:
-  """log(1 - prod_k (1 - exp(log_p_k))) in 60-digit decimal arithmetic."""
+  """log(1 - prod_k (1 - exp(log_p_k))) in 800-digit decimal arithmetic."""
   one = decimal.Decimal(1)
   prod = one
   for lp in log_p:
@@ -551,7 +556,7 @@ LOG1MEXP_POINTS = np.array([
 def test_log1mexp(x64, dtype):
   """log1mexp(x) vs decimal over 1e-9 <= -x <= 700, and finite gradients."""
   x = LOG1MEXP_POINTS.astype(dtype)
-  got = np.asarray(log_space.log1mexp(jnp.asarray(x)))
+  got, grad = evaluate(log_space.log1mexp, jnp.asarray(x))
   assert got.dtype == dtype
   ref = np.array([dec_log1mexp(float(v)) for v in x])
   tol = 2e-6 if dtype == np.float32 else 1e-14
@@ -559,7 +564,6 @@ def test_log1mexp(x64, dtype):
   mask = np.abs(ref) > np.finfo(dtype).tiny * 1e3
   np.testing.assert_allclose(got[mask], ref[mask], rtol=tol)
   assert np.all(np.abs(got[~mask]) <= np.finfo(dtype).tiny * 1e3)
-  grad = jax.vmap(jax.grad(log_space.log1mexp))(jnp.asarray(x))
   assert np.all(np.isfinite(grad))
   # d/dx log(1 - e^x) = -e^x / (1 - e^x) = -1 / expm1(-x).
   # (float32 flushes the subnormal gradients at x <= -88 to zero: atol.)
@@ -591,12 +595,12 @@ def test_log_one_minus_prod_one_minus(x64, name):
     if dtype == np.float32 and np.any(lp < -103.0):
       continue  # Below float32's smallest subnormal: not representable.
     ref = dec_log_one_minus_prod_one_minus(lp.astype(np.float64))
-    got = float(log_space.log_one_minus_prod_one_minus(jnp.asarray(lp)))
+    got, grad = evaluate(log_space.log_one_minus_prod_one_minus, jnp.asarray(lp))
+    got = float(got)
     # p within one float epsilon of 1 is clamped to 1 - eps (documented).
     eps = float(np.finfo(dtype).eps)
     atol_case = atol + (eps if np.any(lp > -eps) else 0.0)
     assert abs(got - ref) <= atol_case + rtol * abs(ref), (dtype.__name__, got, ref)
-    grad = jax.grad(log_space.log_one_minus_prod_one_minus)(jnp.asarray(lp))
     assert np.all(np.isfinite(grad)), (dtype.__name__, grad)
 
 
@@ -613,7 +617,8 @@ def test_log_one_minus_prod_axis_and_batch(x64):
   """The `axis` argument reduces the right axis of a batch."""
   rng = np.random.default_rng(14)
   log_p = np.log(rng.uniform(1e-6, 0.9, (3, 4, 5)))
-  got = np.asarray(log_space.log_one_minus_prod_one_minus(jnp.asarray(log_p), axis=1))
+  got, _ = evaluate(lambda v: log_space.log_one_minus_prod_one_minus(v, axis=1),
+                    jnp.asarray(log_p))
   assert got.shape == (3, 5)
   for i in range(3):
     for j in range(5):

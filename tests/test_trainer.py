@@ -240,5 +240,6 @@ def test_cli_bad_override_fails_early(tmp_path, override, expected):
   result = _train_cli("--config=configs/quickstart.py", f"--workdir={workdir}", override)
   assert result.returncode != 0
   assert expected in result.stderr, result.stderr[-2000:]
-  assert "Traceback" not in result.stderr or "no_such_field" in override or "abc" in override
+  assert "Traceback" not in result.stderr
+  assert result.returncode == 2
   assert not workdir.exists()  # Refused before anything was written or compiled.
