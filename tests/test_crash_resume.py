@@ -133,3 +133,44 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, reference):
   # The stopped run resumes to the same end as an uninterrupted one.
   _kill_and_resume(workdir, kills=0, rng=random.Random(0))
   _assert_matches_reference(workdir, reference)
+
+
+def _small(**overrides):
+  config = _config()
+  config.num_steps = 90
+  config.eval_every = 30
+  config.checkpoint_every = 30
+  config.log_every = 30
+  config.keep_checkpoints = 3
+  for name, value in overrides.items():
+    config[name] = value
+  return config
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_bytes"])
+def test_damaged_latest_checkpoint_falls_back(tmp_path, damage):
+  quiet = lambda _: None
+  full_dir, workdir = str(tmp_path / "full"), str(tmp_path / "damaged")
+  full = loop.train_and_evaluate(_small(num_steps=120), full_dir, log=quiet)
+  loop.train_and_evaluate(_small(), workdir, log=quiet)  # Checkpoints 30, 60, 90.
+  latest = os.path.join(workdir, "checkpoints", "90")
+  data = [os.path.join(d, f) for d, _, fs in os.walk(latest) for f in fs
+          if os.sep + "d" + os.sep in os.path.join(d, f)]
+  biggest = max(data, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    if damage == "truncate":
+      f.truncate(os.path.getsize(biggest) // 2)
+    else:  # Same size, different bytes: only the digest can tell.
+      f.seek(os.path.getsize(biggest) // 2)
+      chunk = f.read(64)
+      f.seek(os.path.getsize(biggest) // 2)
+      f.write(bytes(b ^ 0xFF for b in chunk))
+  messages = []
+  resumed = loop.train_and_evaluate(_small(num_steps=120), workdir, log=messages.append)
+  warning = next(m for m in messages if m.startswith("WARNING: checkpoint at step 90"))
+  assert "damaged" in warning and "damaged_checkpoints" in warning
+  assert any("Resumed" in m and "step 60" in m for m in messages)
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert _strip_timing(metrics_log.read_metrics(workdir)) == _strip_timing(
+      metrics_log.read_metrics(full_dir))

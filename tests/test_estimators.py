@@ -69,16 +69,24 @@ def dense_env(q) -> DenseEnv:
 # ----------------------------------------------------------------------------
 
 
-def brute_list_prob(scores: jax.Array, items, models) -> jax.Array:
-  """pi(C) as an explicit product of PL ratios; differentiable in `scores` `[M, N]`."""
-  prob = jnp.ones((), scores.dtype)
-  for k, (item, m) in enumerate(zip(items, models)):
-    # A fresh mask per slot: JAX may alias (not copy) a NumPy array on CPU,
-    # so a mask mutated after use would corrupt the traced gradient.
-    available = ~np.isin(np.arange(scores.shape[1]), np.asarray(items[:k]))
-    weights = jnp.exp(scores[m])
-    prob = prob * weights[item] / jnp.sum(jnp.where(available, weights, 0.0))
-  return prob
+def brute_list_probs(scores: jax.Array, lists: np.ndarray, models) -> jax.Array:
+  """pi(C) of each ordered list as an explicit product of PL ratios.
+
+  Differentiable in `scores` `[M, N]`; lists `[U, K]` -> `[U]`. Slot k of list
+  u contributes exp(s^{m(k)}_{c_k}) / sum over the items not among its first k
+  entries of exp(s^{m(k)}); the masks are built in NumPy.
+  """
+  num_lists, num_slots = lists.shape
+  num_items = scores.shape[1]
+  items = np.arange(num_items)
+  # available[u, k, j]: item j not among lists[u, :k].
+  available = np.ones((num_lists, num_slots, num_items), bool)
+  for k in range(1, num_slots):
+    available[:, k] = available[:, k - 1] & (items[None, :] != lists[:, k - 1, None])
+  weights = jnp.exp(scores[np.asarray(models)])  # [K, N]
+  numer = weights[np.arange(num_slots)[None, :], lists]  # [U, K]
+  denom = jnp.sum(jnp.where(available, weights[None], 0.0), axis=-1)  # [U, K]
+  return jnp.prod(numer / denom, axis=-1)
 
 
 def lsr_outcomes(lsr_name: str, q_cand: np.ndarray, num_outputs: int):
@@ -98,7 +106,8 @@ class Enumeration:
   """Every (candidate list, LSR outcome) pair of one context, as stacked rollouts.
 
   Attributes:
-    lists: `[n, K]` the candidate list of each pair.
+    lists: `[U, K]` every ordered candidate list.
+    list_index: `[n]` the list of each (list, outcome) pair.
     weights: `[n]` the LSR probability of the outcome given the list.
     rollouts: a `Rollout` whose leaves have a leading axis n and batch 1.
     models: the slot models.
@@ -106,46 +115,55 @@ class Enumeration:
 
   def __init__(self, q, num_models, num_candidates, num_outputs, lsr_name):
     num_items = len(q)
+    self.num_items = num_items
     self.models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
-    lists, outputs, rewards, weights = [], [], [], []
-    for c in itertools.permutations(range(num_items), num_candidates):
-      q_cand = np.asarray(q)[list(c)]
-      for positions, prob in lsr_outcomes(lsr_name, q_cand, num_outputs):
-        lists.append(c)
+    self.lists = np.array(list(itertools.permutations(range(num_items), num_candidates)),
+                          np.int32)
+    index, outputs, rewards, weights = [], [], [], []
+    for u, c in enumerate(self.lists.tolist()):
+      for positions, prob in lsr_outcomes(lsr_name, np.asarray(q)[c], num_outputs):
+        index.append(u)
         outputs.append([c[p] for p in positions])
         rewards.append([q[c[p]] for p in positions])
         weights.append(prob)
-    self.lists = np.asarray(lists, np.int32)
+    self.list_index = np.asarray(index)
     self.weights = jnp.asarray(weights)
     w = rollout_lib.position_weights(num_outputs).astype(jnp.float64)
-    n = len(lists)
+    n = len(index)
     self.rollouts = Rollout(
-        candidates=jnp.asarray(self.lists)[:, None, :],
+        candidates=jnp.asarray(self.lists[self.list_index])[:, None, :],
         outputs=jnp.asarray(outputs, jnp.int32)[:, None, :],
         rewards=jnp.asarray(rewards, jnp.float64)[:, None, :],
         position_weights=jnp.broadcast_to(w, (n, num_outputs)))
 
   def list_probs(self, scores: jax.Array) -> jax.Array:
     """pi(C) of each pair's list, `[n]`; scores `[M, 1, N]`."""
-    return jnp.stack([brute_list_prob(scores[:, 0], c, self.models) for c in self.lists])
+    return brute_list_probs(scores[:, 0], self.lists, self.models)[self.list_index]
 
   def value(self, scores: jax.Array) -> jax.Array:
     """V = sum pi(C) P(outcome | C) R."""
     returns = jax.vmap(lambda r: r.aggregated_reward()[0])(self.rollouts)
     return jnp.sum(self.list_probs(scores) * self.weights * returns)
 
-  def expected_gradient(self, loss_fn, scores: jax.Array) -> jax.Array:
-    """E[grad loss] = sum pi(C) P(outcome | C) grad loss(scores, rollout)."""
-    grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(scores, self.rollouts)
-    weight = self.list_probs(scores) * self.weights
-    return jnp.tensordot(weight, grads, axes=1)
+  def true_gradient(self, scores: jax.Array) -> jax.Array:
+    """grad V by autodiff of the enumerated objective (jitted)."""
+    return jax.jit(jax.grad(self.value))(scores)
 
-  def inclusion_log_prob(self, scores: jax.Array, num_items: int) -> jax.Array:
+  def expected_gradient(self, loss_fn, scores: jax.Array) -> jax.Array:
+    """E[grad loss] = sum pi(C) P(outcome | C) grad loss(scores, rollout) (jitted)."""
+
+    def expectation(scores):
+      grads = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(scores, self.rollouts)
+      weight = self.list_probs(scores) * self.weights
+      return jnp.tensordot(weight, grads, axes=1)
+
+    return jax.jit(expectation)(scores)
+
+  def inclusion_log_prob(self, scores: jax.Array) -> jax.Array:
     """Exact log P(a in C) for every item `[N]` (differentiable), by enumeration."""
-    unique = sorted(set(map(tuple, self.lists.tolist())))
-    probs = [brute_list_prob(scores[:, 0], c, self.models) for c in unique]
-    incl = [sum(p for p, c in zip(probs, unique) if a in c) for a in range(num_items)]
-    return jnp.log(jnp.stack(incl))
+    probs = brute_list_probs(scores[:, 0], self.lists, self.models)  # [U]
+    contains = (self.lists[:, :, None] == np.arange(self.num_items)).any(axis=1)
+    return jnp.log(probs @ contains.astype(np.float64))
 
 
 def tiny_problem(seed=0, num_items=5, num_models=1):
@@ -172,7 +190,7 @@ def test_vpg_is_unbiased(x64, num_models, num_candidates, num_outputs, lsr):
   theta, q = tiny_problem(1, 5, num_models)
   enum = Enumeration(q, num_models, num_candidates, num_outputs, lsr)
   assert abs(float(jnp.sum(enum.list_probs(theta) * enum.weights)) - 1.0) < 1e-12
-  true_grad = jax.grad(enum.value)(theta)
+  true_grad = enum.true_gradient(theta)
   expected = enum.expected_gradient(estimators.get_estimator("vpg"), theta)
   assert expected.shape == theta.shape
   assert float(jnp.max(jnp.abs(true_grad))) > 1e-2  # A non-trivial gradient.
@@ -184,7 +202,7 @@ def test_other_estimators_are_biased(x64, name):
   """The same exact check separates V-PG from the biased estimators."""
   theta, q = tiny_problem(1, 5, 1)
   enum = Enumeration(q, 1, 2, 1, "optimal")
-  true_grad = -jax.grad(enum.value)(theta)
+  true_grad = -enum.true_gradient(theta)
   expected = enum.expected_gradient(estimators.get_estimator(name), theta)
   gap = float(jnp.max(jnp.abs(expected - true_grad)))
   print(f"{name}: max |E[grad] - grad V| = {gap:.4f} "
@@ -199,10 +217,10 @@ def test_ca_with_exact_inclusion_is_unbiased_under_uniform_lsr(x64, num_candidat
   with the closed-form P (the library's `ca_pg`) it is not."""
   theta, q = tiny_problem(2, 5, 1)
   enum = Enumeration(q, 1, num_candidates, num_outputs, "uniform")
-  true_grad = -jax.grad(enum.value)(theta)
+  true_grad = -enum.true_gradient(theta)
 
   def exact_ca_loss(scores, rollout):
-    log_incl = enum.inclusion_log_prob(scores, 5)[rollout.outputs]  # [1, L]
+    log_incl = enum.inclusion_log_prob(scores)[rollout.outputs]  # [1, L]
     return estimators._credit_loss(log_incl, rollout)
 
   exact_ca = enum.expected_gradient(exact_ca_loss, theta)
