@@ -63,21 +63,23 @@ class TwoTowerScorer(nn.Module):
         _Tower(self.num_items, self.embedding_dim, tuple(self.tower_layers),
                name=f"item_tower_{m}") for m in range(self.num_models)]
 
-  def __call__(self, context_ids: jax.Array) -> jax.Array:
-    """Scores of every item for each context.
+  def factors(self, context_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The two towers' outputs, the factors of the scores.
 
     Args:
       context_ids: int32 `[batch]`.
     Returns:
-      float32 `[M, batch, items]`.
+      context vectors `[M, batch, d]` and item vectors `[M, items, d]`.
     """
     chex.assert_rank(context_ids, 1)
-    scores = []
-    for m in range(self.num_models):  # Static loop over the M models.
-      u = self.context_towers[m](context_ids)  # [batch, d]
-      v = self.item_towers[m](None)  # [items, d]
-      scores.append(u @ v.T)
-    return jnp.stack(scores)
+    contexts = jnp.stack([self.context_towers[m](context_ids) for m in range(self.num_models)])
+    items = jnp.stack([self.item_towers[m](None) for m in range(self.num_models)])
+    return contexts, items
+
+  def __call__(self, context_ids: jax.Array) -> jax.Array:
+    """Scores of every item for each context: float32 `[M, batch, items]`."""
+    contexts, items = self.factors(context_ids)
+    return jnp.einsum("mbd,mnd->mbn", contexts, items)
 
 
 def init_params(model: TwoTowerScorer, key: jax.Array):

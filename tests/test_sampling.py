@@ -146,6 +146,25 @@ def test_sampling_matches_exact_pl(num_items, num_candidates, num_models, seed):
   assert result.pvalue > MIN_P_VALUE, msg
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("num_items,num_candidates,num_models,seed", [
+    (7, 3, 3, 30), (7, 4, 2, 31), (6, 6, 3, 32)])
+def test_sampling_matches_exact_pl_many_draws(num_items, num_candidates, num_models, seed):
+  """Heavier version: more lists (up to 840) and 2,000,000 draws."""
+  num_draws = 2_000_000
+  rng = np.random.default_rng(100 + seed)
+  scores = rng.normal(size=(num_models, num_items)).astype(np.float32).astype(np.float64)
+  lists, probs = enumerate_pl(scores, num_candidates)
+  counts = list_frequencies(draw_many(seed, scores, num_candidates, num_draws), lists,
+                            num_items)
+  max_err = np.max(np.abs(counts / num_draws - probs))
+  result = pooled_chisquare(counts, probs * num_draws)
+  msg = (f"N={num_items} K={num_candidates} M={num_models}: {len(lists)} lists, "
+         f"{num_draws} draws, max |freq - prob| = {max_err:.2e}, chi2 p = {result.pvalue:.3g}")
+  print(msg)
+  assert result.pvalue > MIN_P_VALUE, msg
+
+
 def test_chi_square_detects_wrong_slot_models():
   """The exactness test has power: the wrong slot-to-model order is rejected."""
   rng = np.random.default_rng(11)
