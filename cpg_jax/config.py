@@ -20,6 +20,8 @@ ENVIRONMENT_NAMES = ("synthetic", "kuairec", "matrix")
 OPTIMIZER_NAMES = ("adagrad", "adam", "sgd", "adamw", "rmsprop")
 SCHEDULE_NAMES = ("constant", "cosine", "linear", "warmup_cosine")
 POSITION_WEIGHTS = ("mean", "sum", "dcg")
+SCORE_PATHS = ("auto", "dense", "blocked")
+NOISE_GENERATORS = ("hash", "threefry")
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.lsr_alpha = 0.5  # interpolate
   c.position_weights = "mean"
   c.embedding_dim = 10
+  # Item axis: "dense" builds [M, batch, items] score matrices; "blocked"
+  # scans the items in blocks of item_block_size (memory O(batch x block));
+  # "auto" goes blocked when a dense matrix would exceed dense_budget_mb.
+  c.score_path = "auto"
+  c.item_block_size = 65536
+  c.dense_budget_mb = 1024
+  c.noise_generator = "hash"  # Gumbel noise: "hash" (fast) or "threefry".
 
   c.env = ml_collections.ConfigDict()
   c.env.name = "synthetic"
@@ -127,6 +136,8 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
   _check_choice(config, "position_weights", POSITION_WEIGHTS)
   _check_choice(config, "env.name", ENVIRONMENT_NAMES)
   _check_choice(config, "optimizer", OPTIMIZER_NAMES)
+  _check_choice(config, "score_path", SCORE_PATHS)
+  _check_choice(config, "noise_generator", NOISE_GENERATORS)
   _check_choice(config, "lr_schedule", SCHEDULE_NAMES)
 
   if config.env.name == "synthetic":
@@ -154,6 +165,11 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
   _check_float(config, "lsr_epsilon", 0.0, 1.0)
   _check_float(config, "lsr_alpha", 0.0, 1.0)
   _check_int(config, "embedding_dim", 1)
+  _check_int(config, "item_block_size", 1)
+  _check_float(config, "dense_budget_mb", 0.0)
+  if config.noise_generator == "threefry" and config.score_path == "blocked":
+    raise ConfigError("config.noise_generator='threefry' needs config.score_path='dense' "
+                      "or 'auto' (the blocked path draws hashed noise per block)")
 
   _check_float(config, "learning_rate", 0.0, low_open=True)
   _check_int(config, "warmup_steps", 0)

@@ -1,8 +1,9 @@
 """The gradient estimators as surrogate losses (method.md §4).
 
 Each estimator is `loss(scores, rollout) -> scalar`, whose gradient with
-respect to `scores` `[M, batch, items]` is the (negated) policy-gradient
-estimate, averaged over the batch. Rewards are constants.
+respect to the scores (a score table of `cpg_jax.scores`, dense or
+item-blocked, or a dense `[M, batch, items]` array) is the (negated)
+policy-gradient estimate, averaged over the batch. Rewards are constants.
 
   vpg        V-PG: REINFORCE on the sequential PL probability of the list.
   vpg_swr    V-PG with the with-replacement approximation of that probability.
@@ -23,15 +24,17 @@ import numpy as np
 from cpg_jax import plackett_luce
 from cpg_jax import sampling
 from cpg_jax.rollout import Rollout
+from cpg_jax.scores import ScoreTable, as_scores
 
 Loss = Callable[[jax.Array, Rollout], jax.Array]
 
 
-def _slot_models(scores: jax.Array, rollout: Rollout) -> np.ndarray:
-  return sampling.slot_models(sampling.slot_counts(rollout.num_candidates, scores.shape[0]))
+def _slot_models(scores: ScoreTable, rollout: Rollout) -> np.ndarray:
+  return sampling.slot_models(sampling.slot_counts(rollout.num_candidates, scores.num_models))
 
 
-def _list_loss(log_prob_fn, scores: jax.Array, rollout: Rollout) -> jax.Array:
+def _list_loss(log_prob_fn, scores, rollout: Rollout) -> jax.Array:
+  scores = as_scores(scores)
   log_prob = log_prob_fn(scores, rollout.candidates, _slot_models(scores, rollout))
   reward = jax.lax.stop_gradient(rollout.aggregated_reward())
   return -jnp.mean(log_prob * reward)

@@ -59,7 +59,7 @@ def evaluate_seed(experiment: Experiment, env: Environment, state: TrainState) -
 
   def one_batch(args):
     context_ids, batch_key = args
-    scores = experiment.model.apply({"params": state.params}, context_ids)
+    scores = experiment.score_table(state.params, context_ids)
     rollout = rollout_lib.collect_rollout(
         batch_key, env, context_ids, scores, k, experiment.lsr,
         experiment.position_weights, deterministic=True)

@@ -17,6 +17,7 @@ from cpg_jax import config as config_lib
 from cpg_jax import environments
 from cpg_jax import estimators
 from cpg_jax import rollout as rollout_lib
+from cpg_jax import scores as scores_lib
 from cpg_jax.late_stage import LateStageRanker
 from cpg_jax.model import TwoTowerScorer
 
@@ -36,6 +37,25 @@ class Experiment:
   @property
   def num_candidates(self) -> int:
     return self.config.num_candidates
+
+  def uses_blocked_scores(self, batch_size: int) -> bool:
+    """Whether a batch of this size is scored in item blocks (static)."""
+    path = self.config.score_path
+    if path != "auto":
+      return path == "blocked"
+    dense_bytes = 4 * self.config.num_models * batch_size * self.env.num_items
+    return (dense_bytes > self.config.dense_budget_mb * 2**20
+            and self.config.noise_generator == "hash")
+
+  def score_table(self, params, context_ids: jax.Array) -> scores_lib.ScoreTable:
+    """The ESR's scores of every item for `context_ids` `[batch]`, dense or
+    item-blocked by `uses_blocked_scores`; differentiable in `params`."""
+    variables = {"params": params}
+    if self.uses_blocked_scores(context_ids.shape[0]):
+      contexts, items = self.model.apply(variables, context_ids, method="factors")
+      return scores_lib.BlockedScores(contexts, items, self.config.item_block_size)
+    return scores_lib.DenseScores(self.model.apply(variables, context_ids),
+                                  noise_generator=self.config.noise_generator)
 
 
 def build_environment(config: ml_collections.ConfigDict) -> environments.Environment:

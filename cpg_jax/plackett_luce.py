@@ -1,7 +1,8 @@
 """Plackett-Luce log-probabilities used by the estimators (method.md §4).
 
-All functions take the scores of every model, `[M, batch, items]`, and are
-differentiable in them. Which items were drawn (or are in a deterministic
+All functions take the scores of every model as a score table
+(`cpg_jax.scores`: dense `[M, batch, items]` or item-blocked factors; a plain
+`[M, batch, items]` array is wrapped) and are differentiable in them. Which items were drawn (or are in a deterministic
 prefix list) is never differentiated; the scores of those items are.
 
 No probability is formed as a difference of sums: the mass of the items not
@@ -20,18 +21,7 @@ import numpy as np
 
 from cpg_jax import log_space
 from cpg_jax import sampling
-
-
-def _membership(items: jax.Array, num_items: int) -> jax.Array:
-  """bool `[batch, items]`, True where the item appears in `items` `[batch, n]`."""
-  batch = items.shape[0]
-  rows = jnp.arange(batch)[:, None]
-  return jnp.zeros((batch, num_items), dtype=bool).at[rows, items].set(True)
-
-
-def _gather_items(scores: jax.Array, items: jax.Array) -> jax.Array:
-  """scores `[M, batch, items]`, items `[batch, n]` -> `[M, batch, n]`."""
-  return jnp.take_along_axis(scores, items[None], axis=-1)
+from cpg_jax.scores import ScoreTable, as_scores
 
 
 def _per_slot(values: jax.Array, models: np.ndarray) -> jax.Array:
@@ -39,9 +29,7 @@ def _per_slot(values: jax.Array, models: np.ndarray) -> jax.Array:
   return values[models, :, np.arange(len(models))].T
 
 
-def _remaining_log_mass(
-    scores: jax.Array, drawn: jax.Array, models: np.ndarray
-) -> jax.Array:
+def _remaining_log_mass(scores: ScoreTable, drawn: jax.Array, models: np.ndarray) -> jax.Array:
   """log of the mass of the items not among drawn[:k], for every slot k.
 
   Args:
@@ -52,11 +40,9 @@ def _remaining_log_mass(
     `[batch, K]`: for slot k, LSE of scores[m(k)] over the items that are not
     in drawn[:k]. Slots k >= n see every drawn item as removed.
   """
-  num_models, _, num_items = scores.shape
   num_slots = len(models)
-  never = ~_membership(drawn, num_items)
-  never_lse = log_space.masked_logsumexp(scores, never[None])  # [M, batch]
-  drawn_scores = _gather_items(scores, drawn)  # [M, batch, n]
+  never_lse = scores.logsumexp(excluded=drawn)  # [M, batch]
+  drawn_scores = scores.gather(drawn)  # [M, batch, n]
   # Reverse cumulative LSE from slot k on; -inf past the end of `drawn`.
   if drawn.shape[1]:
     tail = jax.lax.cumlogsumexp(drawn_scores, axis=2, reverse=True)
@@ -85,9 +71,9 @@ def sequential_log_prob(
   Returns:
     `[batch]`.
   """
-  chex.assert_rank(scores, 3)
+  scores = as_scores(scores)
   chex.assert_rank(candidates, 2)
-  chosen = _per_slot(_gather_items(scores, candidates), models)  # [batch, K]
+  chosen = _per_slot(scores.gather(candidates), models)  # [batch, K]
   normaliser = _remaining_log_mass(scores, candidates, models)
   return jnp.sum(chosen - normaliser, axis=-1)
 
@@ -99,9 +85,9 @@ def swr_log_prob(
 
   sum_k [ s^{m(k)}_{c_k} - LSE_a s^{m(k)}_a ].
   """
-  chex.assert_rank(scores, 3)
-  chosen = _per_slot(_gather_items(scores, candidates), models)
-  log_norm = jax.nn.logsumexp(scores, axis=-1)[models].T  # [batch, K]
+  scores = as_scores(scores)
+  chosen = _per_slot(scores.gather(candidates), models)
+  log_norm = scores.logsumexp()[models].T  # [batch, K]
   return jnp.sum(chosen - log_norm, axis=-1)
 
 
@@ -113,13 +99,12 @@ def _prefix_excluding_general(
   Any M. Args: scores `[M, batch, items]`, item int32 `[batch]`.
   Returns int32 `[batch, K-1]`.
   """
+  scores = as_scores(scores)
   prefix_counts = list(counts)
   prefix_counts[-1] -= 1  # Slot K always belongs to the last model (M <= K).
-  batch, num_items = scores.shape[1:]
-  excluded = jax.nn.one_hot(item, num_items, dtype=jnp.bool_)
   if sum(prefix_counts) == 0:
-    return jnp.zeros((batch, 0), dtype=jnp.int32)
-  return sampling.fill_slots(jax.lax.stop_gradient(scores), prefix_counts, excluded)
+    return jnp.zeros((scores.batch_size, 0), dtype=jnp.int32)
+  return sampling.fill_slots(scores, prefix_counts, excluded=item[:, None])
 
 
 def _prefix_excluding_single_model(
@@ -168,13 +153,13 @@ def ca_inclusion_log_prob(
   Returns:
     `[batch, L]`.
   """
-  chex.assert_rank(scores, 3)
+  scores = as_scores(scores)
   chex.assert_rank(items, 2)
-  num_models = scores.shape[0]
+  num_models = scores.num_models
   counts = sampling.slot_counts(num_candidates, num_models)
   models = sampling.slot_models(counts)
   if num_models == 1:
-    top = sampling.top_candidates(jax.lax.stop_gradient(scores), num_candidates)
+    top = sampling.top_candidates(scores, num_candidates)
     prefixes = _prefix_excluding_single_model(top, items)  # [batch, L, K-1]
   else:
     prefixes = jax.vmap(
@@ -187,11 +172,12 @@ def _closed_form_from_prefixes(
     scores: jax.Array, items: jax.Array, prefixes: jax.Array, models: np.ndarray
 ) -> jax.Array:
   """Evaluates the closed form given T_{K-1}(a) for each item. `[batch, L]`."""
+  scores = as_scores(scores)
 
   def one_output(item, prefix):
     # item [batch], prefix [batch, K-1].
     log_z = _remaining_log_mass(scores, prefix, models)  # [batch, K]
-    own = _gather_items(scores, item[:, None])[:, :, 0]  # [M, batch]
+    own = scores.gather(item[:, None])[:, :, 0]  # [M, batch]
     own = own[models].T  # [batch, K]
     return log_space.log_one_minus_prod_one_minus(own - log_z, axis=-1)
 
@@ -209,11 +195,10 @@ def top1_log_prob(
   combine="sum":       sum_m K_m (s^m_a - LSE_b s^m_b)   (the project default)
   combine="logsumexp": logsumexp_m of the same terms     (the other published copy)
   """
-  chex.assert_rank(scores, 3)
-  counts = jnp.asarray(sampling.slot_counts(num_candidates, scores.shape[0]),
-                       dtype=scores.dtype)
-  log_softmax = _gather_items(scores, items) - jax.nn.logsumexp(
-      scores, axis=-1, keepdims=True)  # [M, batch, L]
+  scores = as_scores(scores)
+  log_softmax = scores.gather(items) - scores.logsumexp()[:, :, None]  # [M, batch, L]
+  counts = jnp.asarray(sampling.slot_counts(num_candidates, scores.num_models),
+                       dtype=log_softmax.dtype)
   terms = counts[:, None, None] * log_softmax
   if combine == "sum":
     return jnp.sum(terms, axis=0)

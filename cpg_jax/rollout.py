@@ -7,12 +7,12 @@ scores (computed once, inside `value_and_grad`).
 
 from __future__ import annotations
 
-import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from cpg_jax import sampling
+from cpg_jax import scores as scores_lib
 from cpg_jax.environments.base import Environment
 from cpg_jax.late_stage import LateStageRanker
 
@@ -59,7 +59,7 @@ def collect_rollout(
     key: jax.Array,
     env: Environment,
     context_ids: jax.Array,
-    scores: jax.Array,
+    scores: scores_lib.ScoreTable,
     num_candidates: int,
     lsr: LateStageRanker,
     weights: jax.Array,
@@ -71,7 +71,8 @@ def collect_rollout(
     key: PRNG key; split here into the sampling, LSR and reward keys.
     env: the environment.
     context_ids: int32 `[batch]`.
-    scores: float `[M, batch, items]`; gradients are stopped here.
+    scores: the ESR's score table (dense or item-blocked); gradients are
+      stopped here.
     num_candidates: K.
     lsr: the late-stage ranker.
     weights: float `[L]` position weights.
@@ -80,8 +81,7 @@ def collect_rollout(
   Returns:
     A `Rollout`.
   """
-  chex.assert_rank(scores, 3)
-  scores = jax.lax.stop_gradient(scores)
+  scores = scores_lib.as_scores(scores).stop_gradient()
   key_sample, key_lsr, key_reward = jax.random.split(key, 3)
   if deterministic:
     candidates = sampling.top_candidates(scores, num_candidates)

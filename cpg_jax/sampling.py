@@ -8,7 +8,8 @@ fills its slots first, its items are removed for every later model, and so on.
 The model that filled slot k, m(k), is static: it depends on K and M only.
 
 Everything is vectorised over the batch; the only Python loop is the static
-loop over the M models.
+loop over the M models. The noise comes from `cpg_jax.noise` (a counter-based
+hash by default) through the score table, dense or item-blocked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cpg_jax import scores as scores_lib
 
 
 def slot_counts(num_candidates: int, num_models: int) -> tuple[int, ...]:
@@ -37,64 +40,57 @@ def slot_models(counts: Sequence[int]) -> np.ndarray:
 
 
 def fill_slots(
-    values: jax.Array, counts: Sequence[int], excluded: jax.Array | None = None
+    scores, counts: Sequence[int], excluded: jax.Array | None = None,
+    key: jax.Array | None = None,
 ) -> jax.Array:
-  """The sequential per-model slot procedure on given (perturbed) values.
+  """The sequential per-model slot procedure.
 
-  Model m takes the top-`counts[m]` of `values[m]` among the items no earlier
-  model took (and none of `excluded`).
+  Model m takes the top-`counts[m]` of its scores (plus Gumbel noise when
+  `key` is given) among the items no earlier model took and none of
+  `excluded`.
 
   Args:
-    values: float `[M, batch, items]`; scores, or scores plus Gumbel noise.
+    scores: a score table (`cpg_jax.scores`) or a dense `[M, batch, items]`
+      array; not differentiated.
     counts: static slot counts per model, `len(counts) == M`.
-    excluded: optional bool `[batch, items]`, items that may not be taken.
+    excluded: optional int32 `[batch, E]`, item ids that may not be taken.
+    key: PRNG key for the Gumbel noise; None for the deterministic list.
   Returns:
     int32 `[batch, sum(counts)]`: the items in slot order.
   """
-  num_models, batch, num_items = values.shape
-  chex.assert_equal(len(counts), num_models)
-  rows = jnp.arange(batch)[:, None]
-  taken = excluded
+  scores = scores_lib.as_scores(scores).stop_gradient()
+  chex.assert_equal(len(counts), scores.num_models)
   picks = []
   for m, count in enumerate(counts):  # Static loop over the M models.
     if count == 0:
       continue
-    v = values[m]
-    if taken is not None:
-      v = jnp.where(taken, -jnp.inf, v)
-    _, items = jax.lax.top_k(v, count)
-    picks.append(items.astype(jnp.int32))
-    if m + 1 < num_models:
-      if taken is None:
-        taken = jnp.zeros((batch, num_items), dtype=bool)
-      taken = taken.at[rows, items].set(True)
+    taken = [excluded] if excluded is not None else []
+    taken += picks
+    taken = jnp.concatenate(taken, axis=1) if taken else None
+    picks.append(scores.top_k(m, count, taken, key))
   return jnp.concatenate(picks, axis=1)
 
 
-def sample_candidates(
-    key: jax.Array, scores: jax.Array, num_candidates: int
-) -> jax.Array:
+def sample_candidates(key: jax.Array, scores, num_candidates: int) -> jax.Array:
   """Draws one Plackett-Luce candidate list per context (Gumbel-top-k).
 
   Args:
     key: PRNG key.
-    scores: float `[M, batch, items]`, the ESR scores of each model (not
-      differentiated: callers pass `stop_gradient(scores)`).
+    scores: a score table or a dense `[M, batch, items]` array (not
+      differentiated).
     num_candidates: K.
   Returns:
     int32 `[batch, K]`, the candidates in draw order; slot k was filled by
     model `slot_models(slot_counts(K, M))[k]`.
   """
-  chex.assert_rank(scores, 3)
-  counts = slot_counts(num_candidates, scores.shape[0])
-  noise = jax.random.gumbel(key, scores.shape, dtype=scores.dtype)
-  return fill_slots(scores + noise, counts)
+  scores = scores_lib.as_scores(scores)
+  return fill_slots(scores, slot_counts(num_candidates, scores.num_models), key=key)
 
 
-def top_candidates(scores: jax.Array, num_candidates: int) -> jax.Array:
+def top_candidates(scores, num_candidates: int) -> jax.Array:
   """The deterministic candidate list used for evaluation: `[batch, K]` int32.
 
   The same slot procedure as `sample_candidates`, without noise.
   """
-  chex.assert_rank(scores, 3)
-  return fill_slots(scores, slot_counts(num_candidates, scores.shape[0]))
+  scores = scores_lib.as_scores(scores)
+  return fill_slots(scores, slot_counts(num_candidates, scores.num_models))

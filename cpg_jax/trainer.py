@@ -109,7 +109,7 @@ def train_step(
   context_ids = env.sample_contexts(key_contexts, config.batch_size)
 
   def loss_and_rollout(params):
-    scores = experiment.model.apply({"params": params}, context_ids)
+    scores = experiment.score_table(params, context_ids)
     rollout = rollout_lib.collect_rollout(
         key_rollout, env, context_ids, scores, config.num_candidates,
         experiment.lsr, experiment.position_weights)

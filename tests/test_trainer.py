@@ -243,3 +243,18 @@ def test_cli_bad_override_fails_early(tmp_path, override, expected):
   assert "Traceback" not in result.stderr
   assert result.returncode == 2
   assert not workdir.exists()  # Refused before anything was written or compiled.
+
+
+@pytest.mark.parametrize("estimator", ["vpg", "ca_pg_swr"])
+def test_blocked_score_path_trains_like_dense(estimator):
+  """The item-blocked path (memory O(batch x block)) gives the same training."""
+  results = {}
+  for path in ("dense", "blocked"):
+    config = tiny_config(score_path=path, item_block_size=16, estimator=estimator)
+    experiment = experiment_lib.build_experiment(config)
+    assert experiment.uses_blocked_scores(config.batch_size) == (path == "blocked")
+    chunk = trainer.make_train_chunk(experiment)
+    results[path], _ = chunk(trainer.init_states(experiment, [0, 1]), experiment.env, 20)
+  for x, y in zip(jax.tree.leaves(results["dense"].params),
+                  jax.tree.leaves(results["blocked"].params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
