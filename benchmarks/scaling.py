@@ -9,9 +9,11 @@ draw, scoring, candidate sampling, LSR, rewards, loss, gradient, Adagrad
 update; a `lax.scan` of steps, compilation excluded), and in the same run the
 step's floor: the score product plus the log-sum-exp over items plus the
 top-K without noise, forward and backward, on the same score path (dense or
-item-blocked). `ratio` = step / floor. `peak MB` is XLA's buffer assignment
-for the compiled step (arguments + outputs + temporaries, aliasing removed),
-the memory the step needs on any backend; `dense` says whether the step used
+item-blocked). `ratio` = step / floor. `step peak MB` is XLA's buffer
+assignment for the compiled step (arguments + outputs + temporaries, aliasing
+removed; the arguments include the O(N d) parameter, optimiser and
+environment tables), `step temp MB` the temporaries alone (what a
+`[batch, items]` matrix would show up in); `path` says whether the step used
 the dense `[batch, items]` path or item blocks.
 """
 
@@ -38,12 +40,14 @@ def _median_seconds(fn, repeats):
   return float(np.median(times))
 
 
-def _peak_bytes(compiled) -> float:
+def _peak_bytes(compiled) -> tuple[float, float]:
+  """(peak, temporaries) in bytes from XLA's buffer assignment."""
   stats = compiled.memory_analysis()
   if stats is None:
-    return float("nan")
-  return float(stats.argument_size_in_bytes + stats.output_size_in_bytes
-               + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+    return float("nan"), float("nan")
+  peak = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+          + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  return float(peak), float(stats.temp_size_in_bytes)
 
 
 def make_floor(experiment, num_candidates):
@@ -72,7 +76,7 @@ def measure(config, steps_per_chunk, repeats):
   floor = make_floor(experiment, config.num_candidates).lower(params, context_ids).compile()
   floor_seconds = _median_seconds(lambda: floor(params, context_ids), repeats)
   dense = not experiment.uses_blocked_scores(config.batch_size)
-  return step_seconds, floor_seconds, _peak_bytes(compiled_step), _peak_bytes(floor), dense
+  return step_seconds, floor_seconds, _peak_bytes(compiled_step), dense
 
 
 def main():
@@ -92,7 +96,7 @@ def main():
         f"{platform.machine()}; batch {args.batch}, score_path {args.score_path}, "
         f"block {args.item_block_size}, dense budget {args.dense_budget_mb} MB, "
         f"noise {args.noise_generator}, median of {args.repeats}")
-  print("| N | K | estimator | path | step ms | floor ms | ratio | step peak MB | floor peak MB |")
+  print("| N | K | estimator | path | step ms | floor ms | ratio | step peak MB | step temp MB |")
   print("|---:|---:|---|---|---:|---:|---:|---:|---:|")
   for items in (int(float(n)) for n in args.items.split(",")):
     for k in (int(c) for c in args.candidates.split(",")):
@@ -110,10 +114,10 @@ def main():
         c.dense_budget_mb = args.dense_budget_mb
         c.noise_generator = args.noise_generator
         steps_per_chunk = max(1, min(50, int(2e6 // (items * args.batch // 128))))
-        step, floor, step_peak, floor_peak, dense = measure(c, steps_per_chunk, args.repeats)
+        step, floor, (peak, temp), dense = measure(c, steps_per_chunk, args.repeats)
         print(f"| {items:,} | {k} | {name} | {'dense' if dense else 'blocked'} | "
               f"{step * 1e3:.2f} | {floor * 1e3:.2f} | {step / floor:.2f} | "
-              f"{step_peak / 2**20:,.0f} | {floor_peak / 2**20:,.0f} |", flush=True)
+              f"{peak / 2**20:,.0f} | {temp / 2**20:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.item_block_size = 65536
   c.dense_budget_mb = 1024
   c.noise_generator = "hash"  # Gumbel noise: "hash" (fast) or "threefry".
+  # Blocked top-k: "xla" (lax.scan), "pallas" (fused kernel; interpreted on
+  # CPU) or "auto" (kernel on GPU/TPU). The kernel is not yet run on a GPU.
+  c.top_k_kernel = "xla"
 
   c.env = ml_collections.ConfigDict()
   c.env.name = "synthetic"
@@ -138,6 +141,7 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
   _check_choice(config, "optimizer", OPTIMIZER_NAMES)
   _check_choice(config, "score_path", SCORE_PATHS)
   _check_choice(config, "noise_generator", NOISE_GENERATORS)
+  _check_choice(config, "top_k_kernel", ("xla", "auto", "pallas"))
   _check_choice(config, "lr_schedule", SCHEDULE_NAMES)
 
   if config.env.name == "synthetic":

@@ -53,7 +53,8 @@ class Experiment:
     variables = {"params": params}
     if self.uses_blocked_scores(context_ids.shape[0]):
       contexts, items = self.model.apply(variables, context_ids, method="factors")
-      return scores_lib.BlockedScores(contexts, items, self.config.item_block_size)
+      return scores_lib.BlockedScores(contexts, items, self.config.item_block_size,
+                                      self.config.top_k_kernel)
     return scores_lib.DenseScores(self.model.apply(variables, context_ids),
                                   noise_generator=self.config.noise_generator)
 

@@ -30,6 +30,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+import kernels
 from cpg_jax import log_space
 from cpg_jax import noise as noise_lib
 
@@ -117,11 +118,15 @@ class BlockedScores(flax.struct.PyTreeNode):
     contexts: float `[M, batch, d]`.
     items: float `[M, items, d]`.
     block_size: items per block (static).
+    top_k_kernel: "xla" (the `lax.scan` path here), "pallas" (the fused
+      kernel of `kernels/`, interpreted on CPU) or "auto" (the kernel on
+      GPU/TPU, the scan on CPU); used for top-k lists with no excluded items.
   """
 
   contexts: jax.Array
   items: jax.Array
   block_size: int = flax.struct.field(pytree_node=False, default=65536)
+  top_k_kernel: str = flax.struct.field(pytree_node=False, default="xla")
 
   @property
   def num_models(self) -> int:
@@ -161,6 +166,11 @@ class BlockedScores(flax.struct.PyTreeNode):
             key: jax.Array | None = None) -> jax.Array:
     """As `DenseScores.top_k`, in item blocks with a running top-k merge."""
     words = None if key is None else _noise_words(key, model)
+    if self.top_k_kernel != "xla" and (excluded is None or excluded.shape[1] == 0):
+      _, ids, _ = kernels.fused_topk_lse(
+          jax.lax.stop_gradient(self.contexts[model]), jax.lax.stop_gradient(self.items[model]),
+          k, words, implementation=self.top_k_kernel, block_items=self.block_size)
+      return ids
     return _blocked_top_k(
         jax.lax.stop_gradient(self.contexts[model]), jax.lax.stop_gradient(self.items[model]),
         k, excluded, words, self.block_size)

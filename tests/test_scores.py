@@ -95,8 +95,9 @@ def test_estimators_blocked_equal_dense(name, num_models, num_outputs):
     table = BlockedScores(c, v, 8)
     return loss(table if is_blocked else table.dense(), rollout)
 
-  value_b, grad_b = jax.value_and_grad(value, argnums=(0, 1))(contexts, items, True)
-  value_d, grad_d = jax.value_and_grad(value, argnums=(0, 1))(contexts, items, False)
+  value_and_grad = jax.jit(jax.value_and_grad(value, argnums=(0, 1)), static_argnums=2)
+  value_b, grad_b = value_and_grad(contexts, items, True)
+  value_d, grad_d = value_and_grad(contexts, items, False)
   np.testing.assert_allclose(value_b, value_d, rtol=1e-5)
   for gb, gd in zip(grad_b, grad_d):
     np.testing.assert_allclose(gb, gd, rtol=1e-4, atol=1e-5)
@@ -148,3 +149,15 @@ def test_inclusion_frequencies_match_threefry_reference(sampler):
   assert np.max(np.abs(z[popular])) < 5.0, np.max(np.abs(z[popular]))
   # Chi-square-like aggregate over the popular items: mean z^2 ~ 1.
   assert np.mean(z[popular] ** 2) < 1.3
+
+
+def test_blocked_top_k_through_the_pallas_kernel_equals_scan():
+  """top_k_kernel="pallas" (interpreted on CPU) gives the scan path's lists."""
+  contexts, items = _factors(1, 8, 300)
+  key = jax.random.key(4)
+  scan = BlockedScores(contexts, items, 128)
+  kernel = BlockedScores(contexts, items, 128, top_k_kernel="pallas")
+  np.testing.assert_array_equal(sampling.sample_candidates(key, kernel, 7),
+                                sampling.sample_candidates(key, scan, 7))
+  np.testing.assert_array_equal(sampling.top_candidates(kernel, 7),
+                                sampling.top_candidates(scan, 7))
