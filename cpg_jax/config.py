@@ -42,6 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.lsr_alpha = 0.5  # interpolate
   c.position_weights = "mean"
   c.embedding_dim = 10
+  c.tower_layers = ()  # Dense layers on both towers, e.g. (64, 10); () = ID embeddings.
   # Item axis: "dense" builds [M, batch, items] score matrices; "blocked"
   # scans the items in blocks of item_block_size (memory O(batch x block));
   # "auto" goes blocked when a dense matrix would exceed dense_budget_mb.
@@ -169,6 +170,12 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
   _check_float(config, "lsr_epsilon", 0.0, 1.0)
   _check_float(config, "lsr_alpha", 0.0, 1.0)
   _check_int(config, "embedding_dim", 1)
+  layers = _get(config, "tower_layers")
+  if not isinstance(layers, (tuple, list)) or not all(
+      isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in layers):
+    raise ConfigError(
+        f"config.tower_layers must be a tuple of positive layer widths, e.g. (64, 10); "
+        f"got {layers!r}")
   _check_int(config, "item_block_size", 1)
   _check_float(config, "dense_budget_mb", 0.0)
   if config.noise_generator == "threefry" and config.score_path == "blocked":
@@ -206,3 +213,18 @@ def parse_config_arg(arg: str, defaults: dict[str, str], config_file: str) -> di
           f"{config_file}: unknown argument {name!r}; allowed: {', '.join(values)}")
     values[name] = value
   return values
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: dict[str, object]) -> ml_collections.ConfigDict:
+  """Sets dotted fields in place (`{"env.num_items": 50}`) and returns `config`.
+
+  The programmatic twin of `--config.env.num_items=50`.
+  """
+  for name, value in overrides.items():
+    node = config
+    *parents, leaf = name.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config

@@ -126,6 +126,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
       num_items=env.num_items,
       embedding_dim=config.embedding_dim,
       num_models=config.num_models,
+      tower_layers=tuple(config.tower_layers),
   )
   lsr = LateStageRanker(
       name=config.lsr,

@@ -26,24 +26,10 @@ FIXTURE = os.path.join(REPO, "tests", "fixtures", "kuairec_small_matrix.csv")
 
 
 def small_config(**overrides):
-  c = config_lib.default_config()
-  c.env.num_contexts = 30
-  c.env.num_items = 40
-  c.num_candidates = 5
-  c.batch_size = 8
-  c.num_steps = 10
-  c.eval_every = 10
-  c.checkpoint_every = 10
-  c.log_every = 10
-  c.eval_contexts = 16
-  c.num_seeds = 1
-  for name, value in overrides.items():
-    node = c
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.apply_overrides(config_lib.default_config(), {
+      "env.num_contexts": 30, "env.num_items": 40, "num_candidates": 5, "batch_size": 8,
+      "num_steps": 10, "eval_every": 10, "checkpoint_every": 10, "log_every": 10,
+      "eval_contexts": 16, "num_seeds": 1, **overrides})
 
 
 def _files_under(path):
@@ -105,13 +91,7 @@ CONFIG_CASES = [
                          [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
 def test_bad_config_value(tmp_path, capsys, overrides, phrases):
   # Through a plain dict, so that values of the wrong type can be set too.
-  values = small_config().to_dict()
-  for name, value in overrides.items():
-    node = values
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  values = config_lib.apply_overrides(small_config().to_dict(), overrides)
   workdir = tmp_path / "run"
   _expect_user_error(capsys, ml_collections.ConfigDict(values), workdir, phrases)
   assert not workdir.exists()

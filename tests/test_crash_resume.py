@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cpg_jax import checkpointing
+from cpg_jax import config as config_lib
 from cpg_jax import experiment as experiment_lib
 from cpg_jax import loop
 from cpg_jax import metrics_log
@@ -37,14 +38,7 @@ def _config():
       "quickstart", os.path.join(REPO, "configs", "quickstart.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  for name, value in OVERRIDES.items():
-    node = config
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return config_lib.apply_overrides(module.get_config(), OVERRIDES)
 
 
 def _command(workdir):
@@ -136,15 +130,9 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, reference):
 
 
 def _small(**overrides):
-  config = _config()
-  config.num_steps = 90
-  config.eval_every = 30
-  config.checkpoint_every = 30
-  config.log_every = 30
-  config.keep_checkpoints = 3
-  for name, value in overrides.items():
-    config[name] = value
-  return config
+  return config_lib.apply_overrides(_config(), {
+      "num_steps": 90, "eval_every": 30, "checkpoint_every": 30, "log_every": 30,
+      "keep_checkpoints": 3, **overrides})
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_bytes"])

@@ -23,26 +23,11 @@ TIMING_FIELDS = ("steps_per_sec",)
 
 
 def tiny_config(**overrides):
-  c = config_lib.default_config()
-  c.env.num_contexts = 40
-  c.env.num_items = 50
-  c.num_candidates = 5
-  c.batch_size = 16
-  c.num_steps = 60
-  c.eval_every = 20
-  c.log_every = 10
-  c.checkpoint_every = 30
-  c.eval_contexts = 64
-  c.eval_batch_size = 32
-  c.num_seeds = 2
-  c.learning_rate = 0.05
-  for name, value in overrides.items():
-    node = c
-    *parents, leaf = name.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.apply_overrides(config_lib.default_config(), {
+      "env.num_contexts": 40, "env.num_items": 50, "num_candidates": 5, "batch_size": 16,
+      "num_steps": 60, "eval_every": 20, "log_every": 10, "checkpoint_every": 30,
+      "eval_contexts": 64, "eval_batch_size": 32, "num_seeds": 2, "learning_rate": 0.05,
+      **overrides})
 
 
 def _quiet(_):
@@ -258,3 +243,14 @@ def test_blocked_score_path_trains_like_dense(estimator):
   for x, y in zip(jax.tree.leaves(results["dense"].params),
                   jax.tree.leaves(results["blocked"].params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_feature_towers_train():
+  """config.tower_layers puts Dense layers on both towers, and they train."""
+  config = tiny_config(tower_layers=(16, 8), num_seeds=1)
+  experiment = experiment_lib.build_experiment(config)
+  state = trainer.init_state(experiment, 0)
+  assert "dense_1" in state.params["item_tower_0"]
+  chunk = trainer.make_train_chunk(experiment)
+  states, metrics = chunk(trainer.init_states(experiment, [0]), experiment.env, 5)
+  assert np.all(np.asarray(metrics["finite"]))
