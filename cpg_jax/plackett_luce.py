@@ -29,19 +29,23 @@ def _per_slot(values: jax.Array, models: np.ndarray) -> jax.Array:
   return values[models, :, np.arange(len(models))].T
 
 
-def _remaining_log_mass(scores: ScoreTable, drawn: jax.Array, models: np.ndarray) -> jax.Array:
+def _remaining_log_mass(scores: ScoreTable, drawn: jax.Array, models: np.ndarray,
+                        never_lse: jax.Array | None = None) -> jax.Array:
   """log of the mass of the items not among drawn[:k], for every slot k.
 
   Args:
-    scores: `[M, batch, items]`.
+    scores: the score table.
     drawn: int32 `[batch, n]`, distinct items in slot order (n <= K).
     models: static `[K]` slot models, K >= n; slot k uses model models[k].
+    never_lse: optional `[M, batch]`, the LSE over the items not in `drawn`
+      when the caller has it cheaper than a pass over all items.
   Returns:
     `[batch, K]`: for slot k, LSE of scores[m(k)] over the items that are not
     in drawn[:k]. Slots k >= n see every drawn item as removed.
   """
   num_slots = len(models)
-  never_lse = scores.logsumexp(excluded=drawn)  # [M, batch]
+  if never_lse is None:
+    never_lse = scores.logsumexp(excluded=drawn)  # [M, batch]
   drawn_scores = scores.gather(drawn)  # [M, batch, n]
   # Reverse cumulative LSE from slot k on; -inf past the end of `drawn`.
   if drawn.shape[1]:
@@ -109,7 +113,7 @@ def _prefix_excluding_general(
 
 def _prefix_excluding_single_model(
     top: jax.Array, items: jax.Array
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
   """T_{K-1}(a) for M = 1 from the deterministic top-K list, for L items at once.
 
   Removing a from the top-K list (or, if a is not in it, dropping its last
@@ -119,7 +123,8 @@ def _prefix_excluding_single_model(
     top: int32 `[batch, K]`, the deterministic top-K in order.
     items: int32 `[batch, L]`.
   Returns:
-    int32 `[batch, L, K-1]`.
+    int32 `[batch, L, K-1]`, the prefixes, and int32 `[batch, L]`, the entry
+    of `top` each one left out (a itself, or the last entry).
   """
   num_slots = top.shape[1]
   hit = top[:, None, :] == items[:, :, None]  # [batch, L, K]
@@ -131,8 +136,9 @@ def _prefix_excluding_single_model(
   # being recognised as a top-k and runs as a full O(N log N) sort of the
   # scores (measured 15x slower for the whole CA-PG step, N=1000, CPU).
   index = j[None, None, :] + (j[None, None, :] >= pos[:, :, None]).astype(jnp.int32)
-  return jnp.take_along_axis(
+  prefixes = jnp.take_along_axis(
       jnp.broadcast_to(top[:, None, :], index.shape[:2] + (num_slots,)), index, axis=-1)
+  return prefixes, jnp.take_along_axis(top, pos, axis=1)
 
 
 def ca_inclusion_log_prob(
@@ -160,28 +166,39 @@ def ca_inclusion_log_prob(
   models = sampling.slot_models(counts)
   if num_models == 1:
     top = sampling.top_candidates(scores, num_candidates)
-    prefixes = _prefix_excluding_single_model(top, items)  # [batch, L, K-1]
-  else:
-    prefixes = jax.vmap(
-        lambda a: _prefix_excluding_general(scores, a, counts),
-        in_axes=1, out_axes=1)(items)  # [batch, L, K-1]
+    prefixes, left_out = _prefix_excluding_single_model(top, items)  # [batch, L, K-1]
+    # The items outside T_{K-1}(a) are those outside the top-K list plus the
+    # one entry left out: one pass over the items serves every output.
+    never_lse = jnp.logaddexp(scores.logsumexp(excluded=top)[:, :, None],
+                              scores.gather(left_out))  # [1, batch, L]
+    return _closed_form_from_prefixes(scores, items, prefixes, models, never_lse)
+  prefixes = jax.vmap(
+      lambda a: _prefix_excluding_general(scores, a, counts),
+      in_axes=1, out_axes=1)(items)  # [batch, L, K-1]
   return _closed_form_from_prefixes(scores, items, prefixes, models)
 
 
 def _closed_form_from_prefixes(
-    scores: jax.Array, items: jax.Array, prefixes: jax.Array, models: np.ndarray
+    scores, items: jax.Array, prefixes: jax.Array, models: np.ndarray,
+    never_lse: jax.Array | None = None,
 ) -> jax.Array:
-  """Evaluates the closed form given T_{K-1}(a) for each item. `[batch, L]`."""
+  """Evaluates the closed form given T_{K-1}(a) for each item. `[batch, L]`.
+
+  `never_lse` `[M, batch, L]`, if given, is the LSE over the items outside
+  each T_{K-1}(a); otherwise it is computed per output.
+  """
   scores = as_scores(scores)
 
-  def one_output(item, prefix):
-    # item [batch], prefix [batch, K-1].
-    log_z = _remaining_log_mass(scores, prefix, models)  # [batch, K]
+  def one_output(item, prefix, outside_lse=None):
+    # item [batch], prefix [batch, K-1], outside_lse [M, batch] or None.
+    log_z = _remaining_log_mass(scores, prefix, models, outside_lse)  # [batch, K]
     own = scores.gather(item[:, None])[:, :, 0]  # [M, batch]
     own = own[models].T  # [batch, K]
     return log_space.log_one_minus_prod_one_minus(own - log_z, axis=-1)
 
-  return jax.vmap(one_output, in_axes=(1, 1), out_axes=1)(items, prefixes)
+  if never_lse is None:
+    return jax.vmap(one_output, in_axes=(1, 1), out_axes=1)(items, prefixes)
+  return jax.vmap(one_output, in_axes=(1, 1, 2), out_axes=1)(items, prefixes, never_lse)
 
 
 def top1_log_prob(

@@ -343,7 +343,7 @@ def test_ca_single_model_fast_path_equals_general_path(x64, num_candidates):
   @jax.jit
   def both_paths(scores, items):
     top = sampling.top_candidates(scores, num_candidates)
-    fast = pl._prefix_excluding_single_model(top, items)  # [batch, L, K-1]
+    fast, _ = pl._prefix_excluding_single_model(top, items)  # [batch, L, K-1]
     general = jnp.stack([pl._prefix_excluding_general(scores, items[:, l], counts)
                          for l in range(items.shape[1])], axis=1)
     return (fast, general,
