@@ -7,7 +7,7 @@ Optax Adagrad update. The script checks that each step function compiled
 exactly once and that the timed loop makes no host transfer
 (`jax.transfer_guard("disallow")`), then prints
 
-  estimator | median ms/step | min ms | steps/s
+  estimator | noise | median ms/step | min ms | steps/s
 
 over `--repeats` timed steps after warm-up (each timed with
 `block_until_ready`).
@@ -33,7 +33,7 @@ from cpg_jax import experiment as experiment_lib
 from cpg_jax import trainer
 
 
-def make_experiment(args, estimator: str):
+def make_experiment(args, estimator: str, noise_generator: str):
   """The library's experiment for these settings (synthetic environment)."""
   c = config_lib.default_config()
   c.estimator = estimator
@@ -46,12 +46,14 @@ def make_experiment(args, estimator: str):
   c.learning_rate = args.lr
   c.batch_size = args.batch
   c.num_seeds = 1
+  c.noise_generator = noise_generator
   return experiment_lib.build_experiment(c)
 
 
-def time_estimator(estimator, args, trace_counts):
+def time_estimator(estimator, noise_generator, args, trace_counts):
   """Compiles, warms up and times one estimator's step. Returns per-step ms."""
-  experiment = make_experiment(args, estimator)
+  experiment = make_experiment(args, estimator, noise_generator)
+  estimator = f"{estimator}/{noise_generator}"
   env = experiment.env
 
   def step(state, env):
@@ -94,6 +96,9 @@ def parse_args(argv):
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compile")
   parser.add_argument("--estimators", default=",".join(estimators.ESTIMATORS),
                       help="comma-separated estimator names")
+  parser.add_argument("--noise_generators", default="hash,threefry",
+                      help="Gumbel noise generators to time (hash: the default; "
+                      "threefry: jax.random.gumbel, the foundation's sampler)")
   parser.add_argument("--seed", type=int, default=0)
   return parser.parse_args(argv)
 
@@ -115,14 +120,17 @@ def main(argv=None):
   print("checks: compiled exactly once per estimator; timed loop under "
         "jax.transfer_guard('disallow')\n")
   trace_counts = collections.Counter()
-  header = f"{'estimator':<12} | {'median ms/step':>14} | {'min ms':>8} | {'steps/s':>9}"
+  header = (f"{'estimator':<12} | {'noise':<8} | {'median ms/step':>14} | {'min ms':>8} | "
+            f"{'steps/s':>9}")
   print(header)
   print("-" * len(header))
   for name in args.estimators.split(","):
-    times = time_estimator(name, args, trace_counts)
-    median = statistics.median(times)
-    print(f"{name:<12} | {median:14.3f} | {min(times):8.3f} | {1e3 / median:9.1f}")
-    sys.stdout.flush()
+    for generator in args.noise_generators.split(","):
+      times = time_estimator(name, generator, args, trace_counts)
+      median = statistics.median(times)
+      print(f"{name:<12} | {generator:<8} | {median:14.3f} | {min(times):8.3f} | "
+            f"{1e3 / median:9.1f}")
+      sys.stdout.flush()
   print(f"\ntraces per estimator: {dict(trace_counts)}")
 
 

@@ -16,6 +16,7 @@ save); any other difference is refused, naming the fields.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -50,8 +51,13 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """Fields whose change would alter training, as "field: saved -> current"."""
-  old, new = flatten_config(saved), flatten_config(current)
+  """Fields whose change would alter training, as "field: saved -> current".
+
+  Both sides are compared in their JSON form (the saved side went through
+  JSON: tuples became lists).
+  """
+  old = flatten_config(json.loads(json.dumps(dict(saved))))
+  new = flatten_config(json.loads(json.dumps(dict(current))))
   allowed = set(COMPATIBLE_FIELDS)
   if new.get("lr_schedule", "constant") != "constant":
     allowed -= SCHEDULE_DEPENDENT

@@ -115,8 +115,8 @@ def train_and_evaluate(
   Returns:
     The final batched `TrainState` (leading `[seeds]` axis).
   Raises:
-    ConfigError, DataFileError, WorkdirError, IncompatibleCheckpointError:
-      before anything is compiled.
+    ConfigError, DataFileError, WorkdirError, IncompatibleCheckpointError,
+    NoIntactCheckpointError: before anything is compiled.
   """
   experiment = experiment_lib.build_experiment(config)
   _check_workdir(workdir)

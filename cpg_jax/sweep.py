@@ -1,23 +1,49 @@
 """Run a grid of configurations, one workdir per point, each resumable.
 
-  python -m cpg_jax.sweep --config=configs/synthetic.py --root=runs/grid_a \\
+  # A published experiment (method.md §6; the table is cpg_jax/paper_experiments.py)
+  python -m cpg_jax.sweep --experiment=a --root=runs/paper_a
+  python -m cpg_jax.sweep --experiment=b --root=runs/paper_b --publish=docs/results/b \\
+      -- --config.num_seeds=3 --config.num_steps=100000
+  python -m cpg_jax.sweep --experiment=d --root=runs/paper_d \\
+      -- --config.env.data_path=/data/small_matrix.csv
+
+  # Any grid
+  python -m cpg_jax.sweep --config=configs/synthetic.py --root=runs/grid \\
       --grid=estimator=vpg,ca_pg_swr --grid=num_candidates=5,10,20 \\
       -- --config.num_seeds=5 --config.num_steps=200000
+  python -m cpg_jax.sweep --config=configs/synthetic.py --root=runs/lm \\
+      --grid=estimator=vpg,ca_pg --grid=num_outputs+num_models=1+1,1+5,5+1,5+5
 
-Each `--grid=FIELD=V1,V2,...` adds an axis (FIELD is any config field, dotted
-for nested ones, e.g. env.num_items). The cartesian product of the axes is run
-point by point, sequentially, as `train.py` subprocesses with
-`--config.FIELD=V` overrides; the point's workdir is
-`ROOT/FIELD=V,FIELD=V` (fields in the order given). Arguments after `--` go to
-every point. Re-running the same command resumes every unfinished point and
-leaves finished ones as they are (their checkpoint is at num_steps). At the
-end the report of all points is written to `ROOT/curves.png` and printed.
+Axes. `--grid=FIELD=V1,V2,...` adds an axis (FIELD is any config field,
+dotted for nested ones, e.g. env.num_items). `--grid=F1+F2=A1+A2,B1+B2` is a
+*joint* axis: the fields take the listed pairs together (not their product).
+`--experiment=a|b|c|d` takes the axes, fixed fields, learning rates and
+facets of that published experiment instead (it excludes --config/--grid;
+experiment (e) is `python benchmarks/paper_runtime.py`). With --experiment,
+`--values=FIELD=V1,V2` replaces the values of one of its axes, e.g. a smaller
+K on a small data file.
+
+Points. The cartesian product of the axes (first axis outermost) is run point
+by point, sequentially, as `train.py` subprocesses with `--config.FIELD=V`
+overrides; the point's workdir is `ROOT/FIELD=V,FIELD=V` (fields in axis
+order, e.g. `ROOT/estimator=vpg,num_outputs=1,num_models=5`). Arguments after
+`--` go to every point (they may not set an axis field; they replace a fixed
+field). `--points=0,5,8-11` runs only those points (0-based, in the order the
+dry run prints them), e.g. to split a sweep across machines or for a quick
+test. Re-running the same command resumes every unfinished point; a finished
+point's checkpoint is at num_steps and train.py returns at once.
+
+Learning rate. The estimator's paper learning rate is passed explicitly
+(0.1 for vpg / vpg_swr and 0.01 for the CA family on configs/synthetic.py,
+0.01 for all on KuaiRec) unless `learning_rate` is itself an axis or an
+override after `--`.
+
+Report. At the end, every point with results (this run's and earlier ones)
+goes into `ROOT/curves.png` (one panel per facet value, `--facet` or the
+experiment's; for --grid, by default one panel per value of the non-estimator
+axes) and `ROOT/results.md`, and the table is printed. `--publish=PREFIX`
+also copies them to PREFIX.png and PREFIX.md (e.g. docs/results/a).
 `--dry_run` prints the commands instead of running them.
-
-The estimator's paper learning rate is applied automatically when
-`learning_rate` is not itself a grid axis or an extra override, and the
-config file is configs/synthetic.py (0.1 for vpg / vpg_swr, 0.01 for the CA
-family).
 """
 
 from __future__ import annotations
@@ -26,74 +52,292 @@ import argparse
 import itertools
 import os
 import shlex
+import shutil
 import subprocess
 import sys
-from typing import Sequence
+import textwrap
+from typing import Mapping, Sequence
 
+from cpg_jax import paper_experiments
 from cpg_jax import report
+from cpg_jax.paper_experiments import Axis
 
-PAPER_LEARNING_RATES = {"vpg": 0.1, "vpg_swr": 0.1, "ca_pg": 0.01, "ca_pg_swr": 0.01}
-_TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
-
-
-def parse_axis(text: str) -> tuple[str, list[str]]:
-  field, sep, values = text.partition("=")
-  if not sep or not field or not values:
-    raise ValueError(f"--grid expects FIELD=V1,V2,..., got {text!r}")
-  return field, [v for v in values.split(",") if v]
+PAPER_LEARNING_RATES = dict(paper_experiments.SYNTHETIC_LEARNING_RATES)
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TRAIN = os.path.join(_REPO, "train.py")
+EXIT_USER_ERROR = 2
 
 
-def grid_points(axes: Sequence[tuple[str, list[str]]]) -> list[list[tuple[str, str]]]:
-  fields = [f for f, _ in axes]
-  return [list(zip(fields, combo)) for combo in itertools.product(*(v for _, v in axes))]
+class SweepError(ValueError):
+  """A mistake on the sweep's command line; the message says what is allowed."""
 
 
-def point_command(config: str, root: str, point, extra: Sequence[str]) -> tuple[list[str], str]:
-  """The train.py command line and workdir of one grid point."""
-  name = ",".join(f"{f}={v}" for f, v in point)
-  workdir = os.path.join(root, name)
+def parse_axis(text: str) -> Axis:
+  """`FIELD=V1,V2` or the joint form `F1+F2=A1+A2,B1+B2` as an `Axis`."""
+  spec, sep, values = text.partition("=")
+  fields = spec.split("+")
+  items = [v for v in values.split(",") if v]
+  if not sep or not all(fields) or not items:
+    raise SweepError(
+        f"--grid expects FIELD=V1,V2,... or a joint axis F1+F2=A1+A2,B1+B2,...; got {text!r}")
+  if len(fields) == 1:
+    return Axis.single(fields[0], items)
+  parts = [item.split("+") for item in items]
+  for item, part in zip(items, parts):
+    if len(part) != len(fields):
+      raise SweepError(
+          f"--grid={text}: value {item!r} has {len(part)} part(s) but the joint axis "
+          f"{spec} has {len(fields)} fields; write one '+'-separated value per field")
+  return Axis.joint(fields, parts)
+
+
+def grid_points(axes: Sequence[Axis]) -> list[list[tuple[str, str]]]:
+  """The points of the cartesian product of `axes`, each as (field, value) pairs."""
+  points = []
+  for combo in itertools.product(*(axis.values for axis in axes)):
+    point = []
+    for axis, value in zip(axes, combo):
+      point.extend(zip(axis.fields, value))
+    points.append(point)
+  return points
+
+
+def override_fields(extra: Sequence[str]) -> set[str]:
+  """The config fields that `--config.FIELD=V` arguments in `extra` set."""
+  return {arg[len("--config."):].split("=", 1)[0] for arg in extra
+          if arg.startswith("--config.")}
+
+
+def point_name(point: Sequence[tuple[str, str]]) -> str:
+  return ",".join(f"{f}={v}" for f, v in point)
+
+
+def point_command(config: str, root: str, point: Sequence[tuple[str, str]],
+                  extra: Sequence[str], fixed: Sequence[tuple[str, str]] = (),
+                  learning_rates: Mapping[str, float] | None = None
+                  ) -> tuple[list[str], str]:
+  """The train.py command line and workdir of one grid point.
+
+  Args:
+    config: the config file argument of train.py.
+    root: the sweep's root directory.
+    point: the point's (field, value) overrides; they name the workdir.
+    extra: arguments for every point (after `--`); they win over `fixed`.
+    fixed: (field, value) overrides for every point, not in the name.
+    learning_rates: per estimator, used unless the learning rate is set by
+      the point or `extra`. None: the paper rule of configs/synthetic.py.
+  """
+  workdir = os.path.join(root, point_name(point))
   args = [sys.executable, _TRAIN, f"--config={config}", f"--workdir={workdir}", "--noplot"]
   args += [f"--config.{f}={v}" for f, v in point]
+  given = override_fields(extra) | {f for f, _ in point}
+  args += [f"--config.{f}={v}" for f, v in fixed if f not in given]
+  if learning_rates is None:
+    learning_rates = default_learning_rates(config)
   values = dict(point)
-  lr_given = "learning_rate" in values or any("--config.learning_rate" in e for e in extra)
-  if (not lr_given and "estimator" in values and config.startswith("configs/synthetic.py")):
-    args.append(f"--config.learning_rate={PAPER_LEARNING_RATES[values['estimator']]}")
+  if ("learning_rate" not in given and values.get("estimator") in learning_rates):
+    args.append(f"--config.learning_rate={learning_rates[values['estimator']]}")
   return args + list(extra), workdir
+
+
+def default_learning_rates(config: str) -> dict[str, float]:
+  """The paper's learning rates for --grid on configs/synthetic.py, else none."""
+  if os.path.basename(config.split(":", 1)[0]) == "synthetic.py":
+    return dict(PAPER_LEARNING_RATES)
+  return {}
+
+
+def parse_points(text: str, count: int) -> list[int]:
+  """`0,5,8-11` as sorted point indices in [0, count)."""
+  chosen = set()
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    low, dash, high = part.partition("-")
+    try:
+      first, last = int(low), int(high) if dash else int(low)
+    except ValueError:
+      raise SweepError(
+          f"--points expects 0-based indices and ranges such as 0,5,8-11; got {text!r}"
+      ) from None
+    if first > last or first < 0 or last >= count:
+      raise SweepError(
+          f"--points={text}: {part!r} is outside the sweep's points 0..{count - 1} "
+          "(--dry_run lists them)")
+    chosen.update(range(first, last + 1))
+  if not chosen:
+    raise SweepError(f"--points={text!r} selects no point")
+  return sorted(chosen)
+
+
+def _repo_path(relative: str) -> str:
+  """`relative` if it names the repository's file from here, else the absolute path."""
+  absolute = os.path.join(_REPO, relative)
+  if os.path.exists(relative) and os.path.samefile(relative, absolute):
+    return relative
+  return absolute
+
+
+def _replace_axis(axes: list[Axis], text: str, experiment: str) -> list[Axis]:
+  new = parse_axis(text)
+  for i, axis in enumerate(axes):
+    if axis.fields == new.fields:
+      return axes[:i] + [new] + axes[i + 1:]
+  raise SweepError(
+      f"--values={text}: experiment {experiment} has no axis {new.name}; its axes are "
+      + ", ".join(a.name for a in axes))
+
+
+def _plan(args) -> dict:
+  """Axes, fixed fields, learning rates, facets and title of the sweep."""
+  if args.experiment:
+    if args.config or args.grid:
+      raise SweepError("--experiment takes its config and axes from the experiment table; "
+                       "drop --config/--grid (use --values=FIELD=V1,V2 to change an "
+                       "axis's values)")
+    experiment = paper_experiments.get(args.experiment)
+    axes = list(experiment.axes)
+    for text in args.values:
+      axes = _replace_axis(axes, text, experiment.name)
+    return {"config": _repo_path(experiment.config), "axes": axes,
+            "fixed": experiment.fixed, "learning_rates": experiment.learning_rates,
+            "facet": experiment.facet, "title": experiment.title,
+            "required": experiment.required}
+  if not args.config or not args.grid:
+    raise SweepError("give either --experiment=a|b|c|d, or --config=FILE with at least "
+                     "one --grid=FIELD=V1,V2")
+  if args.values:
+    raise SweepError("--values changes an --experiment's axes; with --config, write the "
+                     "values in --grid")
+  axes = [parse_axis(a) for a in args.grid]
+  fields = [f for axis in axes for f in axis.fields]
+  if len(set(fields)) != len(fields):
+    raise SweepError(f"a field appears on two --grid axes: {', '.join(fields)}")
+  facet = tuple(f for f in fields if f != "estimator") if "estimator" in fields else ()
+  return {"config": args.config, "axes": axes, "fixed": (),
+          "learning_rates": default_learning_rates(args.config), "facet": facet,
+          "title": None, "required": ()}
+
+
+def _fail(message: str) -> int:
+  text = " ".join(str(message).split())
+  print(textwrap.fill(f"error: {text}", width=100), file=sys.stderr)
+  return EXIT_USER_ERROR
+
+
+def _publish(png: str, markdown: str, prefix: str) -> tuple[str, str]:
+  prefix = os.path.splitext(prefix)[0] if prefix.endswith((".png", ".md")) else prefix
+  os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+  targets = (f"{prefix}.png", f"{prefix}.md")
+  shutil.copyfile(png, targets[0])
+  shutil.copyfile(markdown, targets[1])
+  return targets
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m cpg_jax.sweep", description=__doc__.splitlines()[0],
+      epilog="Arguments after `--` go to every train.py run, e.g. -- --config.num_seeds=3")
+  parser.add_argument("--experiment", choices=[*paper_experiments.EXPERIMENTS,
+                                               paper_experiments.RUNTIME.name],
+                      help="a published experiment of method.md §6")
+  parser.add_argument("--config", help="config file (with --grid)")
+  parser.add_argument("--root", required=True, help="one workdir per point under ROOT")
+  parser.add_argument("--grid", action="append", default=[],
+                      help="FIELD=V1,V2 or F1+F2=A1+A2,B1+B2 (joint); repeatable")
+  parser.add_argument("--values", action="append", default=[],
+                      help="with --experiment: FIELD=V1,V2 replaces that axis's values")
+  parser.add_argument("--points", default=None,
+                      help="run only these points, 0-based, e.g. 0,5,8-11")
+  parser.add_argument("--facet", default=None,
+                      help="comma-separated config fields, one plot panel per value "
+                           "('' for one panel)")
+  parser.add_argument("--title", default=None, help="figure and table title")
+  parser.add_argument("--publish", default=None,
+                      help="also copy curves.png and results.md to PREFIX.png, PREFIX.md")
+  parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+  return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  extra: list[str] = []
+  own, extra = argv, []
   if "--" in argv:
     cut = argv.index("--")
-    argv, extra = argv[:cut], argv[cut + 1:]
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--root", required=True)
-  parser.add_argument("--grid", action="append", default=[], required=True)
-  parser.add_argument("--dry_run", action="store_true")
-  args = parser.parse_args(argv)
+    own, extra = argv[:cut], argv[cut + 1:]
+  args = _parser().parse_args(own)
   try:
-    axes = [parse_axis(a) for a in args.grid]
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  points = grid_points(axes)
-  workdirs = []
-  for i, point in enumerate(points):
-    command, workdir = point_command(args.config, args.root, point, extra)
-    workdirs.append(workdir)
-    print(f"[{i + 1}/{len(points)}] {shlex.join(command)}", flush=True)
+    plan = _plan(args)
+    axis_fields = {f for axis in plan["axes"] for f in axis.fields}
+    clash = sorted(override_fields(extra) & axis_fields)
+    if clash:
+      raise SweepError(
+          f"the arguments after -- set {', '.join(clash)}, which the sweep varies (it names "
+          "the workdirs); change the axis instead"
+          + (" with --values" if args.experiment else " in --grid"))
+    points = grid_points(plan["axes"])
+    selected = (parse_points(args.points, len(points)) if args.points is not None
+                else list(range(len(points))))
+    facet = plan["facet"] if args.facet is None else report.parse_facet(args.facet)
+  except (SweepError, ValueError) as e:
+    return _fail(e)
+
+  given = override_fields(extra)
+  missing = [(f, what) for f, what in plan["required"] if f not in given]
+  if missing and not args.dry_run:
+    return _fail(
+        f"experiment {args.experiment} needs "
+        + "; ".join(f"--config.{f}=... ({what})" for f, what in missing)
+        + " after --, e.g. python -m cpg_jax.sweep --experiment="
+        f"{args.experiment} --root={args.root} -- --config.{missing[0][0]}=PATH")
+
+  commands = [point_command(plan["config"], args.root, point, extra, plan["fixed"],
+                            plan["learning_rates"]) for point in points]
+  what = f"experiment {args.experiment}" if args.experiment else "grid"
+  print(f"Sweep ({what}): {len(points)} point{'s' * (len(points) != 1)} under {args.root}"
+        + (f", running {len(selected)} (--points={args.points})"
+           if args.points is not None else ""), flush=True)
+  for f, desc in missing:
+    print(f"note: a real run needs --config.{f}=... after -- ({desc})")
+  for n, i in enumerate(selected):
+    command, workdir = commands[i]
+    print(f"[#{i}, {n + 1} of {len(selected)}] {shlex.join(command)}", flush=True)
     if args.dry_run:
       continue
     result = subprocess.run(command)
-    if result.returncode != 0:
-      print(f"error: point {workdir} failed with exit code {result.returncode}; "
-            "re-run the same command to resume.", file=sys.stderr)
+    if result.returncode == EXIT_USER_ERROR:
+      print(f"error: train.py refused point #{i} ({workdir}) with the error above; fix "
+            "its cause, then re-run the same command (finished points are kept).",
+            file=sys.stderr)
       return result.returncode
-  if not args.dry_run:
-    png = report.write_report(workdirs, out=os.path.join(args.root, "curves.png"))
-    print(f"Learning curves: {png}")
+    if result.returncode != 0:
+      print(f"error: point #{i} ({workdir}) stopped with exit code {result.returncode}; "
+            "re-run the same command to resume it.", file=sys.stderr)
+      return result.returncode
+  if args.dry_run:
+    return 0
+  return _report(args, argv, plan, facet, [w for _, w in commands])
+
+
+def _report(args, argv, plan, facet, workdirs: Sequence[str]) -> int:
+  """Writes ROOT/curves.png and ROOT/results.md over every point with results."""
+  ready = [w for w in workdirs if report.has_results(w)]
+  absent = [os.path.basename(w) for w in workdirs if w not in ready]
+  notes = ["Command: `python -m cpg_jax.sweep " + shlex.join(argv) + "`"]
+  if absent:
+    notes.append(f"Not yet run ({len(absent)} of {len(workdirs)} points): "
+                 + "; ".join(absent) + ".")
+  png = os.path.join(args.root, "curves.png")
+  markdown = os.path.join(args.root, "results.md")
+  try:
+    report.write_report(ready, out=png, title=args.title or plan["title"],
+                        markdown=markdown, facet=facet, notes=notes)
+  except (FileNotFoundError, ValueError) as e:
+    return _fail(e)
+  print(f"Learning curves: {png}\nTable: {markdown}")
+  if absent:
+    print(f"{len(absent)} of {len(workdirs)} points have no results yet.")
+  if args.publish:
+    targets = _publish(png, markdown, args.publish)
+    print(f"Published: {targets[0]}, {targets[1]}")
   return 0
 
 

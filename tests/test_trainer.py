@@ -254,3 +254,12 @@ def test_feature_towers_train():
   chunk = trainer.make_train_chunk(experiment)
   states, metrics = chunk(trainer.init_states(experiment, [0]), experiment.env, 5)
   assert np.all(np.asarray(metrics["finite"]))
+
+
+def test_rerunning_a_finished_run_is_accepted(tmp_path):
+  """Tuples in the config (tower_layers) survive the JSON round trip."""
+  config = tiny_config(num_steps=10, eval_every=10, tower_layers=(8,))
+  loop.train_and_evaluate(config, str(tmp_path), log=_quiet)
+  messages = []
+  loop.train_and_evaluate(config, str(tmp_path), log=messages.append)
+  assert any("Resumed" in m and "step 10" in m for m in messages)

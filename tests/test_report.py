@@ -1,0 +1,175 @@
+"""The report: table values, faceting, the PNG, and bad inputs.
+
+The runs are written by hand (config.json + metrics.jsonl in the format of
+`cpg_jax.metrics_log`) with known curves, so every number in the table is
+known in advance.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cpg_jax import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPTIMUM = 10.0
+
+
+def write_run(root, name, values, steps=None, optimal=OPTIMUM, diverged=None, seed=0,
+              **config):
+  """A workdir with config.json and metrics.jsonl; `values` is [evals][seeds]."""
+  workdir = os.path.join(str(root), name)
+  os.makedirs(workdir)
+  full = {"estimator": "ca_pg_swr", "num_candidates": 10, "num_outputs": 1, "num_models": 1,
+          "lsr": "optimal", "learning_rate": 0.01, "seed": seed, "num_steps": 0,
+          "tower_layers": [], "env": {"name": "synthetic", "num_items": 1000}}
+  for key, value in config.items():
+    if key.startswith("env_"):
+      full["env"][key[4:]] = value
+    else:
+      full[key] = value
+  steps = list(steps if steps is not None else range(0, 1000 * len(values), 1000))
+  full["num_steps"] = steps[-1]
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(full, f)
+  num_seeds = len(values[0])
+  diverged = diverged or [None] * num_seeds
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for step, row in zip(steps, values):
+      record = {"step": step, "policy_value": list(row),
+                "policy_value_mean": float(np.mean(row)), "optimal_value": optimal,
+                "optimal_95": 0.95 * optimal,
+                "diverged": [d if d is not None and d <= step else None for d in diverged],
+                "steps_per_sec": 100.0}
+      f.write(json.dumps(record) + "\n")
+  return workdir
+
+
+def test_table_numbers(tmp_path):
+  # Seeds 2, 4 and 9 at the end: mean 5, std sqrt(26/3), min 2, max 9.
+  # The mean curve is 3, 8, 9.4, 9.6, 5: first >= 9.5 at step 3000.
+  values = [[3, 3, 3], [8, 8, 8], [9.4, 9.4, 9.4], [9.6, 9.6, 9.6], [2, 4, 9]]
+  run = write_run(tmp_path, "a", values, diverged=[None, 4000, None], seed=5)
+  rows = report.summary_rows([report.load_run(run)])
+  (row,) = rows
+  assert row["steps"] == 4000 and row["seeds"] == 3
+  assert row["final_mean"] == pytest.approx(5.0)
+  assert row["final_std"] == pytest.approx(np.sqrt(26 / 3))
+  assert (row["final_min"], row["final_max"]) == (2.0, 9.0)
+  assert row["optimal"] == OPTIMUM
+  assert row["fraction_of_optimum"] == pytest.approx(0.5)
+  assert row["steps_to_95"] == 3000
+  assert row["diverged"] == [(6, 4000)]  # Seed numbers start at config.seed = 5.
+  table = report.markdown_table(rows)
+  line = table.splitlines()[2]
+  for text in ("CA-PG-SwR", "| 10 |", "5.0000", f"{np.sqrt(26 / 3):.4f}", "2.0000 – 9.0000",
+               "10.0000", "0.500", "3,000", "6@4,000"):
+    assert text in line, (text, line)
+  header = table.splitlines()[0]
+  for text in ("estimator", "K", "L", "M", "LSR", "lr", "std over seeds",
+               "min – max over seeds", "steps to 95%"):
+    assert text in header
+
+
+def test_not_reached_and_no_divergence(tmp_path):
+  run = write_run(tmp_path, "a", [[1, 2], [9.0, 9.9]])  # mean 9.45 < 9.5
+  (row,) = report.summary_rows([report.load_run(run)])
+  assert row["steps_to_95"] is None and row["diverged"] == []
+  line = report.markdown_table([row]).splitlines()[2]
+  assert "not reached" in line and line.rstrip().endswith("| none |")
+
+
+def test_facets_group_runs_and_order_rows(tmp_path):
+  runs = []
+  for k in (20, 5, 10):
+    for estimator, lr in (("ca_pg", 0.01), ("vpg", 0.1)):
+      runs.append(write_run(tmp_path, f"{estimator}_{k}", [[1.0], [2.0]],
+                            estimator=estimator, num_candidates=k, learning_rate=lr))
+  loaded = [report.load_run(r) for r in runs]
+  groups = report.facet_groups(loaded, ("num_candidates",))
+  assert [values for values, _ in groups] == [(5,), (10,), (20,)]  # Numeric order.
+  for (k,), members in groups:
+    assert sorted(loaded[i]["config"]["num_candidates"] for i in members) == [k, k]
+  # Within a panel the curves differ only by estimator (the learning rate follows it).
+  assert report.curve_labels(loaded, ("num_candidates",)) == ["CA-PG", "V-PG"] * 3
+  # Without faceting, K tells the curves apart.
+  assert report.curve_labels(loaded)[0] == "CA-PG, K=20"
+  rows = report.summary_rows(loaded, ("num_candidates",))
+  assert [(r["columns"]["K"], r["columns"]["estimator"]) for r in rows] == [
+      ("5", "V-PG"), ("5", "CA-PG"), ("10", "V-PG"), ("10", "CA-PG"),
+      ("20", "V-PG"), ("20", "CA-PG")]
+
+
+def test_joint_facet_and_string_facet(tmp_path):
+  runs = []
+  for lm in ((1, 1), (1, 5), (5, 1), (5, 5)):
+    for lsr in ("optimal", "anti"):
+      runs.append(write_run(tmp_path, f"{lm}_{lsr}", [[1.0]], num_outputs=lm[0],
+                            num_models=lm[1], lsr=lsr))
+  loaded = [report.load_run(r) for r in runs]
+  groups = report.facet_groups(loaded, report.parse_facet("L,M"))
+  assert [v for v, _ in groups] == [(1, 1), (1, 5), (5, 1), (5, 5)]
+  assert all(len(m) == 2 for _, m in groups)
+  assert report.facet_title(("num_outputs", "num_models"), (1, 5)) == "L = 1, M = 5"
+  lsr_groups = report.facet_groups(loaded, ("lsr",))
+  assert [v for v, _ in lsr_groups] == [("optimal",), ("anti",)]  # First appearance.
+  assert report.facet_title(("lsr",), ("anti",)) == "LSR: anti"
+
+
+def test_png_and_markdown_written(tmp_path):
+  runs = [write_run(tmp_path, f"r{k}_{e}", [[1.0, 2.0], [5.0, 6.0], [9.0, 9.8]],
+                    estimator=e, num_candidates=k, diverged=[None, 2000] if k == 5 else None)
+          for k in (5, 10, 20) for e in ("vpg", "ca_pg_swr")]
+  out = tmp_path / "plots" / "curves.png"
+  md = tmp_path / "plots" / "table.md"
+  png = report.write_report(runs, out=str(out), title="Test", markdown=str(md),
+                            facet=("K",), notes=["A note."], stream=open(os.devnull, "w"))
+  assert png == str(out)
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  text = md.read_text()
+  assert text.startswith("# Test\n") and "A note." in text and "Steps to 95%" in text
+  assert text.count("V-PG") == 3 and "1@2,000" in text
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "cpg_jax.report", *args], cwd=REPO,
+                        capture_output=True, text=True)
+
+
+def test_cli_facet_and_markdown(tmp_path):
+  runs = [write_run(tmp_path, f"{e}_{lsr}", [[1.0], [9.6]], estimator=e, lsr=lsr)
+          for e in ("vpg", "ca_pg") for lsr in ("optimal", "noisy")]
+  result = _cli(*runs, "--out", str(tmp_path / "c.png"), "--markdown", str(tmp_path / "c.md"),
+                "--facet", "LSR", "--title", "LSR test")
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "c.png").stat().st_size > 10_000
+  assert "| LSR |" in (tmp_path / "c.md").read_text()
+  assert "Learning curves:" in result.stdout
+
+
+@pytest.mark.parametrize("case", ["no_config", "empty_metrics", "missing_dir", "bad_facet"])
+def test_bad_inputs_exit_2(tmp_path, case):
+  good = write_run(tmp_path, "good", [[1.0]])
+  if case == "no_config":
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.jsonl").write_text("")
+    args, expect = [str(bad)], "no config.json"
+  elif case == "empty_metrics":
+    bad = write_run(tmp_path, "bad", [[1.0]])
+    open(os.path.join(bad, "metrics.jsonl"), "w").close()
+    args, expect = [bad], "no evaluation records"
+  elif case == "missing_dir":
+    args, expect = [str(tmp_path / "nowhere")], "no config.json"
+  else:
+    args, expect = [good, "--facet", "num_widgets"], "no field 'num_widgets'"
+  result = _cli(*args, "--out", str(tmp_path / "x.png"))
+  assert result.returncode == 2
+  assert result.stderr.startswith("error: ") and expect in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "x.png").exists()
