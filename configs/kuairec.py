@@ -7,7 +7,8 @@ The data file is the user's (KuaiRec's small_matrix.csv); nothing is
 downloaded. watch_ratio is clipped to [0, 10], ids are re-indexed densely in
 order of first appearance, observed reward r = q (1 + eps), eps ~ N(0, 0.3^2).
 Learning rate 0.01 for every estimator. Protocol as the synthetic runs (10
-seeds, 500,000 steps). Expected result: CA-PG-SwR beats V-PG-SwR, more so at
+seeds, 500,000 steps). Expected runtime: several hours per configuration on 2
+CPU cores (3,327 items, K up to 200); not yet measured end to end. Expected result: CA-PG-SwR beats V-PG-SwR, more so at
 K = 200.
 """
 

@@ -134,6 +134,19 @@ def _tile_gumbel(salt_a, salt_b, item_ids):
   return -jnp.log(-jnp.log(u))
 
 
+def fused_topk_lse_dense(U, V, k, words=None):
+  """Brute force over the full `[B, N]` scores (tests and benchmarks only).
+
+  Same outputs as `fused_topk_lse_reference`, built from the dense matrix.
+  """
+  s = lax.dot_general(U, V, _DOT_DIMS, precision=lax.Precision.HIGHEST)
+  perturbed = s
+  if words is not None:
+    perturbed = s + noise.hashed_gumbel(words, jnp.arange(U.shape[0]), jnp.arange(V.shape[0]))
+  values, ids = lax.top_k(perturbed, k)
+  return values, ids, jax.nn.logsumexp(s, axis=1)
+
+
 # ----------------------------------------------------------------------------
 # Reference: lax.scan over item blocks.
 # ----------------------------------------------------------------------------

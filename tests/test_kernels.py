@@ -28,17 +28,6 @@ BATCH, ITEMS, DIM = 13, 1000, 10  # B not a multiple of 8, N not of 128.
 BLOCK_ITEMS, BLOCK_ROWS = 128, 8
 
 
-def dense_topk_lse(U, V, k, words=None):
-  """Brute force over the full `[B, N]` scores."""
-  s = lax.dot_general(U, V, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
-  perturbed = s
-  if words is not None:
-    perturbed = s + noise.hashed_gumbel(words, jnp.arange(U.shape[0]),
-                                        jnp.arange(V.shape[0]))
-  values, ids = lax.top_k(perturbed, k)
-  return values, ids, jax.nn.logsumexp(s, axis=1)
-
-
 def pallas(U, V, k, words=None, schedule="grid", num_splits=1,
            block_items=BLOCK_ITEMS):
   return fused_topk_lse_pallas(U, V, k, words, block_items=block_items,
@@ -84,7 +73,7 @@ def test_tile_noise_is_bitwise_the_hash(words):
 def test_kernel_and_reference_match_dense(k, noisy, words):
   U, V = embeddings(k)
   w = words if noisy else None
-  want = dense_topk_lse(U, V, k, w)
+  want = fused_topk.fused_topk_lse_dense(U, V, k, w)
   assert_same(fused_topk_lse_reference(U, V, k, w, block_items=BLOCK_ITEMS), want)
   assert_same(pallas(U, V, k, w), want)
 
@@ -93,14 +82,14 @@ def test_kernel_and_reference_match_dense(k, noisy, words):
 def test_schedules_and_splits(schedule, num_splits, words):
   # 8 tiles in 3 splits of 3: the last split ends with a tile of pure padding.
   U, V = embeddings(7)
-  want = dense_topk_lse(U, V, 10, words)
+  want = fused_topk.fused_topk_lse_dense(U, V, 10, words)
   assert_same(pallas(U, V, 10, words, schedule, num_splits), want)
 
 
 def test_k_larger_than_a_tile(words):
   # 64 slots fed by 32-item tiles: the set holds empty slots across tiles.
   U, V = embeddings(3, items=150)
-  want = dense_topk_lse(U, V, 64, words)
+  want = fused_topk.fused_topk_lse_dense(U, V, 64, words)
   assert_same(pallas(U, V, 64, words, "loop", 2, block_items=32), want)
   assert_same(fused_topk_lse_reference(U, V, 64, words, block_items=32), want)
 
@@ -115,7 +104,7 @@ def test_ties_go_to_the_lower_id(schedule, num_splits):
   distinct = rng.integers(-2, 3, (6, DIM))
   V = jnp.asarray(distinct[rng.integers(0, 6, ITEMS)], jnp.float32)
   for k in (1, 64):
-    want = dense_topk_lse(U, V, k)
+    want = fused_topk.fused_topk_lse_dense(U, V, k)
     assert_same(pallas(U, V, k, None, schedule, num_splits), want)
     assert_same(fused_topk_lse_reference(U, V, k, block_items=BLOCK_ITEMS), want)
   # Sanity of the setup: the top-64 really contains ties.
@@ -164,7 +153,7 @@ def test_extreme_scores(noisy, words):
   U = U / jnp.linalg.norm(U, axis=1, keepdims=True) * 40.0
   V = V / jnp.linalg.norm(V, axis=1, keepdims=True) * 30.0
   w = words if noisy else None
-  want = dense_topk_lse(U, V, 10, w)
+  want = fused_topk.fused_topk_lse_dense(U, V, 10, w)
   scores = np.asarray(U, np.float64) @ np.asarray(V, np.float64).T
   assert scores.max() > 900 and scores.min() < -900
   assert scores.max() > np.log(np.finfo(np.float32).max)  # exp(s) overflows.
@@ -178,7 +167,7 @@ def test_extreme_scores(noisy, words):
 
 def test_dispatch(words):
   U, V = embeddings(5, items=300)
-  want = dense_topk_lse(U, V, 10, words)
+  want = fused_topk.fused_topk_lse_dense(U, V, 10, words)
   # On CPU "auto" is the reference and "pallas" is interpreted automatically.
   assert_same(fused_topk_lse(U, V, 10, words), want)
   assert_same(fused_topk_lse(U, V, 10, words, implementation="xla"), want)
