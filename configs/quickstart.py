@@ -4,9 +4,9 @@
 
 The paper's synthetic environment (1,000 contexts, 1,000 items, K = 10, L = 1,
 optimal LSR), 3 seeds vmapped in one program, 20,000 steps. Expected runtime:
-about 75 seconds on 2 CPU cores after installation. Expected result (measured
+about 50-75 seconds on 2 CPU cores after installation. Expected result (measured
 on that machine): the mean policy value climbs from about 5.7 at step 0 to
-about 7.7 at step 20,000, 84% of the optimum (9.16, printed at the start);
+about 7.65 at step 20,000, 83% of the optimum (9.16, printed at the start);
 learning curves are written to <workdir>/curves.png.
 """
 
