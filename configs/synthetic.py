@@ -15,8 +15,7 @@ CA-PG-SwR reach 95% of the optimum in fewer steps than V-PG, more so for large K
 """
 
 from cpg_jax.config import default_config, parse_config_arg
-
-_LEARNING_RATES = {"vpg": 0.1, "vpg_swr": 0.1, "ca_pg": 0.01, "ca_pg_swr": 0.01}
+from cpg_jax.paper_experiments import SYNTHETIC_LEARNING_RATES
 
 
 def get_config(arg: str = ""):
@@ -29,5 +28,5 @@ def get_config(arg: str = ""):
   c.num_outputs = int(a["L"])
   c.num_models = int(a["M"])
   c.lsr = a["lsr"]
-  c.learning_rate = _LEARNING_RATES.get(c.estimator, 0.01)
+  c.learning_rate = SYNTHETIC_LEARNING_RATES.get(c.estimator, 0.01)
   return c

@@ -263,3 +263,26 @@ def test_rerunning_a_finished_run_is_accepted(tmp_path):
   messages = []
   loop.train_and_evaluate(config, str(tmp_path), log=messages.append)
   assert any("Resumed" in m and "step 10" in m for m in messages)
+
+
+@pytest.mark.parametrize("optimizer", config_lib.OPTIMIZER_NAMES)
+def test_every_optimizer_with_clip_and_schedule_trains(optimizer):
+  config = tiny_config(optimizer=optimizer, grad_clip_norm=1.0, lr_schedule="warmup_cosine",
+                       warmup_steps=2, num_seeds=1, num_steps=6)
+  experiment = experiment_lib.build_experiment(config)
+  initial = trainer.init_states(experiment, [0])
+  states, metrics = trainer.make_train_chunk(experiment)(initial, experiment.env, 4)
+  assert np.all(np.asarray(metrics["finite"]))
+  moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
+           for a, b in zip(jax.tree.leaves(states.params), jax.tree.leaves(initial.params))]
+  assert max(moved) > 0
+
+
+def test_adagrad_uses_pytorch_defaults():
+  """Accumulator starts at 0: the first Adagrad step is lr * g / |g| per entry."""
+  import optax
+  config = tiny_config(learning_rate=0.5)
+  opt = experiment_lib.build_optimizer(config)
+  params = {"w": jnp.array([3.0, -0.2])}
+  updates, _ = opt.update({"w": jnp.array([2.0, -0.1])}, opt.init(params), params)
+  np.testing.assert_allclose(optax.apply_updates(params, updates)["w"], [2.5, 0.3], rtol=1e-6)
