@@ -28,3 +28,29 @@ from cpg_jax.scores import DenseScores
 from cpg_jax.trainer import TrainState
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BlockedScores",
+    "ConfigError",
+    "DataFileError",
+    "DenseScores",
+    "ESTIMATORS",
+    "Environment",
+    "Experiment",
+    "LateStageRanker",
+    "Rollout",
+    "TrainState",
+    "TwoTowerScorer",
+    "apply_overrides",
+    "build_experiment",
+    "collect_rollout",
+    "default_config",
+    "get_estimator",
+    "make_kuairec_environment",
+    "make_reward_matrix_environment",
+    "make_synthetic_environment",
+    "sample_candidates",
+    "top_candidates",
+    "train_and_evaluate",
+    "validate_config",
+]

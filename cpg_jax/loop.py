@@ -14,11 +14,9 @@ import contextlib
 import json
 import os
 import signal
-import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
