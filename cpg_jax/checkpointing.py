@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cpg_jax import config as config_lib
+
 # Changing these does not change the trajectory of training.
 COMPATIBLE_FIELDS = frozenset({
     "num_steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -38,26 +40,14 @@ class IncompatibleCheckpointError(ValueError):
   """The workdir holds a checkpoint made with an incompatible config."""
 
 
-def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{"env": {"name": "x"}} -> {"env.name": "x"}."""
-  flat = {}
-  for name, value in config.items():
-    path = f"{prefix}{name}"
-    if isinstance(value, Mapping):
-      flat.update(flatten_config(value, path + "."))
-    else:
-      flat[path] = value
-  return flat
-
-
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   """Fields whose change would alter training, as "field: saved -> current".
 
   Both sides are compared in their JSON form (the saved side went through
   JSON: tuples became lists).
   """
-  old = flatten_config(json.loads(json.dumps(dict(saved))))
-  new = flatten_config(json.loads(json.dumps(dict(current))))
+  old = config_lib.flatten_config(json.loads(json.dumps(dict(saved))))
+  new = config_lib.flatten_config(json.loads(json.dumps(dict(current))))
   allowed = set(COMPATIBLE_FIELDS)
   if new.get("lr_schedule", "constant") != "constant":
     allowed -= SCHEDULE_DEPENDENT

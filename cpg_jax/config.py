@@ -228,3 +228,15 @@ def apply_overrides(config: ml_collections.ConfigDict,
       node = node[part]
     node[leaf] = value
   return config
+
+
+def flatten_config(config, prefix: str = "") -> dict[str, object]:
+  """{"env": {"name": "x"}} -> {"env.name": "x"} (dicts or ConfigDicts)."""
+  flat = {}
+  for name, value in config.items():
+    path = f"{prefix}{name}"
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      flat.update(flatten_config(value, path + "."))
+    else:
+      flat[path] = value
+  return flat

@@ -67,27 +67,3 @@ def hashed_gumbel(words: jax.Array, rows: jax.Array, items: jax.Array) -> jax.Ar
   """Gumbel(0, 1) noise `[rows, items]` for context rows and global item ids."""
   a, b = row_salts(words, rows)
   return -jnp.log(-jnp.log(hashed_uniform(a, b, items)))
-
-
-def gumbel_like(key: jax.Array, shape: tuple[int, ...], generator: str = "hash",
-                dtype=jnp.float32) -> jax.Array:
-  """Gumbel noise of `shape` `[..., rows, items]`, by either generator.
-
-  "hash": the counter-based hash above (leading axes get their own key
-  words via `fold_in`); "threefry": `jax.random.gumbel`, the reference.
-  """
-  if generator == "threefry":
-    return jax.random.gumbel(key, shape, dtype)
-  if generator != "hash":
-    raise ValueError(f"noise generator must be 'hash' or 'threefry', got {generator!r}")
-  *lead, rows, items = shape
-  row_ids = jnp.arange(rows)
-  item_ids = jnp.arange(items)
-  if not lead:
-    return hashed_gumbel(seed_words(key), row_ids, item_ids).astype(dtype)
-  count = 1
-  for n in lead:
-    count *= n
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(count))
-  noise = jax.vmap(lambda k: hashed_gumbel(seed_words(k), row_ids, item_ids))(keys)
-  return noise.reshape(shape).astype(dtype)

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cpg_jax import config as config_lib
 from cpg_jax import metrics_log
 
 ESTIMATOR_NAMES = {"vpg": "V-PG", "vpg_swr": "V-PG-SwR", "ca_pg": "CA-PG",
@@ -90,14 +91,10 @@ def config_value(config: dict[str, Any], field: str, default: Any = _UNSET) -> A
   return tuple(node) if isinstance(node, list) else node
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-  return flat
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+  """Dotted fields of a config.json dict, lists as tuples (hashable)."""
+  return {field: tuple(value) if isinstance(value, list) else value
+          for field, value in config_lib.flatten_config(config).items()}
 
 
 def format_value(value: Any) -> str:
@@ -211,13 +208,6 @@ def steps_to_fraction(steps: np.ndarray, mean_curve: np.ndarray, target: float):
   """First evaluated step where the mean curve reaches `target`, else None."""
   reached = np.nonzero(mean_curve >= target)[0]
   return int(steps[reached[0]]) if reached.size else None
-
-
-def label_of(run: dict[str, Any]) -> str:
-  """A label naming estimator, K, L, M and LSR (independent of other runs)."""
-  c = run["config"]
-  return (f"{c['estimator']} K={c['num_candidates']} L={c['num_outputs']} "
-          f"M={c['num_models']} {c['lsr']}")
 
 
 def _nan_stat(fn, values):

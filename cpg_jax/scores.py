@@ -103,8 +103,8 @@ class DenseScores(flax.struct.PyTreeNode):
         values = values + noise_lib.hashed_gumbel(
             _noise_words(key, model), jnp.arange(self.batch_size), jnp.arange(self.num_items))
       else:
-        values = values + noise_lib.gumbel_like(
-            jax.random.fold_in(key, model), values.shape, "threefry")
+        values = values + jax.random.gumbel(
+            jax.random.fold_in(key, model), values.shape, values.dtype)
     if excluded is not None:
       values = jnp.where(_exclusion_mask(excluded, self.batch_size, 0, self.num_items),
                          -jnp.inf, values)
