@@ -62,7 +62,11 @@ def load_run(workdir: str) -> dict[str, Any]:
   values = np.array([[np.nan if v is None else v for v in r["policy_value"]]
                      for r in records], dtype=np.float64)  # [evals, seeds]
   return {"workdir": workdir, "config": config, "steps": steps, "values": values,
-          "optimal": records[-1]["optimal_value"], "diverged": records[-1]["diverged"]}
+          "optimal": records[-1]["optimal_value"],
+          # The optimal ESR under the run's own LSR: what the ESR can reach
+          # when the LSR is not optimal (e.g. uniform or anti, experiment b).
+          "best_with_lsr": records[-1].get("optimal_esr_value", records[-1]["optimal_value"]),
+          "diverged": records[-1]["diverged"]}
 
 
 def has_results(workdir: str) -> bool:
@@ -253,6 +257,7 @@ def summary_rows(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()
         "final_min": float(_nan_stat(np.nanmin, final)),
         "final_max": float(_nan_stat(np.nanmax, final)),
         "optimal": float(run["optimal"]),
+        "best_with_lsr": float(run.get("best_with_lsr", run["optimal"])),
         "fraction_of_optimum": (final_mean / run["optimal"] if run["optimal"]
                                 else float("nan")),
         "steps_to_95": steps_to_fraction(run["steps"], mean_curve, 0.95 * run["optimal"]),
@@ -266,10 +271,13 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
   if not rows:
     return ""
   names = list(rows[0]["columns"])
+  with_lsr = any(_lsr_limits(r) for r in rows)
   header = names + ["steps", "seeds", "final value (mean)", "std over seeds",
                     "min – max over seeds", "optimum", "fraction of optimum",
                     "steps to 95%", "diverged (seed@step)"]
-  align = ["---"] * len(names) + ["---:"] * 8 + ["---"]
+  if with_lsr:
+    header[-1:-1] = ["optimal ESR with this LSR", "fraction of it"]
+  align = ["---"] * len(names) + ["---:"] * (len(header) - len(names) - 1) + ["---"]
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
   for r in rows:
     to95 = "not reached" if r["steps_to_95"] is None else f"{r['steps_to_95']:,}"
@@ -278,6 +286,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         f"{r['steps']:,}", str(r["seeds"]), f"{r['final_mean']:.4f}", f"{r['final_std']:.4f}",
         f"{r['final_min']:.4f} – {r['final_max']:.4f}", f"{r['optimal']:.4f}",
         f"{r['fraction_of_optimum']:.3f}", to95, div]
+    if with_lsr:
+      best = r["best_with_lsr"]
+      cells[-1:-1] = [f"{best:.4f}", f"{r['final_mean'] / best:.3f}" if best else "-"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -290,7 +301,17 @@ DEFINITIONS = (
     "true relevance) with the optimal LSR. Steps to 95%: the first evaluated "
     "step at which the mean curve over seeds is >= 0.95 x the optimum (\"not "
     "reached\" otherwise). Diverged: seed@step where a seed's loss or gradient "
-    "became non-finite; that seed keeps its last finite parameters.")
+    "became non-finite; that seed keeps its last finite parameters. Where a "
+    "table has them: optimal ESR with this LSR, the value of the optimal ESR "
+    "followed by the run's own late-stage ranker (the most the ESR can reach "
+    "when the LSR is not optimal), and the final mean as a fraction of it.")
+
+
+def _lsr_limits(run_or_row: dict[str, Any]) -> bool:
+  """Whether the run's LSR keeps the ESR below the optimum (a second line)."""
+  optimum = float(run_or_row["optimal"])
+  best = float(run_or_row.get("best_with_lsr", optimum))
+  return abs(best - optimum) > 1e-6 * max(1.0, abs(optimum))
 
 
 def markdown_document(rows: Sequence[dict[str, Any]], title: str | None = None,
@@ -344,6 +365,7 @@ def plot(runs: Sequence[dict[str, Any]], out: str, title: str | None = None,
   nrows = math.ceil(n / ncols)
   max_step = max(int(run["steps"][-1]) for run in runs)
   any_diverged = False
+  any_lsr_limit = False
   outline = [patheffects.withStroke(linewidth=4.5, foreground="white")]
   with plt.rc_context({"font.size": 11, "axes.titlesize": 12, "legend.fontsize": 10}):
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(8.0, 5.0 * ncols + 0.8), 3.6 * nrows + 1.6),
@@ -366,6 +388,10 @@ def plot(runs: Sequence[dict[str, Any]], out: str, title: str | None = None,
       for optimum in optima:
         ax.axhline(optimum, color="black", linestyle="-", linewidth=1.1)
         ax.axhline(0.95 * optimum, color="0.35", linestyle="--", linewidth=1.1)
+      for best in sorted({round(float(runs[i]["best_with_lsr"]), 9)
+                          for i in members if _lsr_limits(runs[i])}):
+        any_lsr_limit = True
+        ax.axhline(best, color="tab:purple", linestyle=":", linewidth=1.6)
       head = facet_title(facet, values) if facet else ""
       optimum_text = ("optimum " if len(optima) == 1 else "optima ") + ", ".join(
           f"{o:.3f}" for o in optima)
@@ -383,7 +409,8 @@ def plot(runs: Sequence[dict[str, Any]], out: str, title: str | None = None,
     fig.supylabel("policy value")
     subtitle = (f"mean over {_seed_text(runs)}, band: ±1 std over seeds"
                 + ("; " if ncols > 1 else "\n")
-                + "solid black: optimum, dashed: 95% of the optimum")
+                + "solid black: optimum, dashed: 95% of the optimum"
+                + ("; dotted: optimal ESR with this LSR" if any_lsr_limit else ""))
     fig.suptitle(f"{title or default_title(runs, facet)}\n{subtitle}", fontsize=13)
 
     handles = []
@@ -393,6 +420,9 @@ def plot(runs: Sequence[dict[str, Any]], out: str, title: str | None = None,
     handles.append(Line2D([], [], color="black", linewidth=1.1, label="optimum"))
     handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1.1,
                           label="95% of optimum"))
+    if any_lsr_limit:
+      handles.append(Line2D([], [], color="tab:purple", linestyle=":", linewidth=1.6,
+                            label="optimal ESR with this LSR"))
     if any_diverged:
       handles.append(Line2D([], [], color="0.2", marker="x", linestyle="none",
                             markersize=9, mew=2, label="a seed diverged"))

@@ -11,6 +11,8 @@ import csv
 import importlib.util
 import logging
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -374,6 +376,51 @@ def test_kuairec_fixture_duplicates_keep_last():
     got = q[list(user_ids).index(u), list(item_ids).index(v)]
     first, last = (min(max(r, 0.0), 10.0) for r in (ratios[0], ratios[-1]))
     assert got == pytest.approx(last) and got != pytest.approx(first)
+
+
+def test_kuairec_like_generator_loads_as_generated(tmp_path):
+  """The generated stand-in for experiment (d): format, shape, range, ids."""
+  from cpg_jax.environments import kuairec_like
+  columns = kuairec_like.generate_arrays(users=60, videos=90, seed=3)
+  path = str(tmp_path / 'like.csv')
+  lines = kuairec_like.write_csv(path, columns, lines_per_chunk=1000)
+  again = kuairec_like.generate_arrays(users=60, videos=90, seed=3)
+  for name in columns:  # a pure function of (users, videos, seed)
+    np.testing.assert_array_equal(columns[name], again[name])
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+    f.seek(0)
+    assert f.readline().strip() == kuairec_like.HEADER
+  assert len(rows) == lines == len(columns['user_id'])
+  # Every pair at most once, ~99.6% observed, every user and video present.
+  pairs = {(int(r['user_id']), int(r['video_id'])) for r in rows}
+  assert len(pairs) == lines and 0.98 * 60 * 90 < lines <= 60 * 90
+  q, user_ids, item_ids = load_kuairec_matrix(path)
+  assert q.shape == (60, 90)
+  assert list(user_ids) != sorted(user_ids)
+  for r in rows[:500]:
+    u = list(user_ids).index(int(r['user_id']))
+    v = list(item_ids).index(int(r['video_id']))
+    assert q[u, v] == pytest.approx(min(float(r['watch_ratio']), 10.0))
+    assert int(r['play_duration']) == round(
+        float(r['watch_ratio']) * int(r['video_duration']))
+    assert r['date'] == r['time'][:10].replace('-', '')
+  ratios = columns['watch_ratio']
+  assert ratios.min() == 0.0 and 0.5 < np.median(ratios) < 1.0
+  # A two-tower model has something to learn: users' preferences differ.
+  assert np.corrcoef(q[0], q[1])[0, 1] < 0.9
+
+
+def test_kuairec_like_command_line(tmp_path):
+  out = tmp_path / 'small_matrix.csv'
+  result = subprocess.run(
+      [sys.executable, '-m', 'cpg_jax.environments.kuairec_like', '--out', str(out),
+       '--users', '20', '--videos', '30', '--seed', '1'],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(FIXTURES)))
+  assert result.returncode == 0, result.stderr
+  assert '20 users x 30 videos' in result.stdout
+  env = make_kuairec_environment(str(out))
+  assert (env.num_contexts, env.num_items) == (20, 30)
 
 
 def test_kuairec_hand_example_column_order(tmp_path):

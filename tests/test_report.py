@@ -20,7 +20,7 @@ OPTIMUM = 10.0
 
 
 def write_run(root, name, values, steps=None, optimal=OPTIMUM, diverged=None, seed=0,
-              **config):
+              best_with_lsr=None, **config):
   """A workdir with config.json and metrics.jsonl; `values` is [evals][seeds]."""
   workdir = os.path.join(str(root), name)
   os.makedirs(workdir)
@@ -43,6 +43,7 @@ def write_run(root, name, values, steps=None, optimal=OPTIMUM, diverged=None, se
       record = {"step": step, "policy_value": list(row),
                 "policy_value_mean": float(np.mean(row)), "optimal_value": optimal,
                 "optimal_95": 0.95 * optimal,
+                "optimal_esr_value": optimal if best_with_lsr is None else best_with_lsr,
                 "diverged": [d if d is not None and d <= step else None for d in diverged],
                 "steps_per_sec": 100.0}
       f.write(json.dumps(record) + "\n")
@@ -134,6 +135,30 @@ def test_png_and_markdown_written(tmp_path):
   text = md.read_text()
   assert text.startswith("# Test\n") and "A note." in text and "Steps to 95%" in text
   assert text.count("V-PG") == 3 and "1@2,000" in text
+
+
+def test_lsr_limited_runs_get_their_own_reference(tmp_path, monkeypatch):
+  # Under the uniform LSR the best the ESR can reach (8) is below the optimum (10).
+  limited = write_run(tmp_path, "uniform", [[2.0], [6.0]], lsr="uniform", best_with_lsr=8.0)
+  plain = write_run(tmp_path, "optimal", [[2.0], [6.0]], lsr="optimal")
+  rows = report.summary_rows([report.load_run(limited), report.load_run(plain)])
+  table = report.markdown_table(rows).splitlines()
+  assert "optimal ESR with this LSR" in table[0] and "fraction of it" in table[0]
+  assert "| 8.0000 | 0.750 |" in table[2] and "| 0.600 |" in table[2]
+  assert "| 10.0000 | 0.600 |" in table[3]  # the optimal LSR's own line is the optimum
+  # Tables without such a run keep their columns.
+  assert "with this LSR" not in report.markdown_table(rows[1:])
+  drawn = []
+  import matplotlib.axes
+  original = matplotlib.axes.Axes.axhline
+  def spy(ax, y=0, *args, **kwargs):
+    drawn.append((round(float(y), 6), kwargs.get("linestyle")))
+    return original(ax, y, *args, **kwargs)
+  monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy)
+  report.plot([report.load_run(limited), report.load_run(plain)], str(tmp_path / "p.png"),
+              facet=("lsr",))
+  assert (8.0, ":") in drawn and drawn.count((10.0, "-")) == 2
+  assert sum(1 for y, style in drawn if style == ":") == 1  # only the uniform panel
 
 
 def _cli(*args):

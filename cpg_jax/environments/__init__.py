@@ -6,6 +6,9 @@
   user x item reward matrix; `make_kuairec_environment` and
   `load_kuairec_matrix` for KuaiRec's small_matrix.csv, `load_dense_matrix`
   for .npy / .csv matrices.
+- `kuairec_like`: writes a generated file in KuaiRec's format and shape
+  (`python -m cpg_jax.environments.kuairec_like --out PATH`), to run
+  experiment (d) end to end without the real data.
 """
 
 from cpg_jax.environments.base import Environment
