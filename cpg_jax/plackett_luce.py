@@ -95,20 +95,67 @@ def swr_log_prob(
   return jnp.sum(chosen - log_norm, axis=-1)
 
 
-def _prefix_excluding_general(
-    scores: jax.Array, item: jax.Array, counts: Sequence[int]
-) -> jax.Array:
-  """T_{K-1}(a): the deterministic first K-1 slots with item a excluded.
+def _prefixes_excluding_multi_model(
+    scores: ScoreTable, items: jax.Array, counts: Sequence[int]
+) -> tuple[jax.Array, jax.Array]:
+  """T_{K-1}(a) for any M, for L items at once, from one top list per model.
 
-  Any M. Args: scores `[M, batch, items]`, item int32 `[batch]`.
-  Returns int32 `[batch, K-1]`.
+  The slot procedure with item a excluded lets model m skip at most
+  P_{m-1} + 1 items (the earlier models' picks and a), so its picks lie in
+  its own overall top-(P_{m-1} + 1 + K'_m) list, K'_m its prefix slots and
+  P_m their running sum. One top-k pass per model therefore serves every
+  output; the picks per output are the first K'_m entries of that list not
+  already taken (small [list x taken] comparisons, no pass over the items).
+
+  The items outside T_{K-1}(a) are the items outside the union S of those
+  lists plus the entries of S not in T_{K-1}(a) (each counted once), so one
+  LSE over the items not in S serves every output as well.
+
+  Args:
+    scores: the score table `[M, batch, items]`.
+    items: int32 `[batch, L]`.
+    counts: static slot counts per model (sum K).
+  Returns:
+    int32 `[batch, L, K-1]`, the prefixes, and `[M, batch, L]`, the LSE of
+    each model's scores over the items outside each prefix (differentiable).
   """
-  scores = as_scores(scores)
   prefix_counts = list(counts)
   prefix_counts[-1] -= 1  # Slot K always belongs to the last model (M <= K).
-  if sum(prefix_counts) == 0:
-    return jnp.zeros((scores.batch_size, 0), dtype=jnp.int32)
-  return sampling.fill_slots(scores, prefix_counts, excluded=item[:, None])
+  batch, num_outputs = items.shape
+  lists, skipped_so_far = [], 1  # a is always skipped
+  for m, count in enumerate(prefix_counts):
+    if count:
+      depth = min(skipped_so_far + count, scores.num_items)
+      lists.append((m, count, scores.top_k(m, depth)))  # [batch, depth], no noise
+      skipped_so_far += count
+
+  def one_output(item):  # item [batch] -> prefix [batch, K-1]
+    taken = item[:, None]
+    for _, count, ranked in lists:
+      free = ~jnp.any(ranked[:, :, None] == taken[:, None, :], axis=-1)  # [batch, depth]
+      rank = jnp.cumsum(free, axis=1)  # 1-based rank among the free entries
+      pick = free[:, :, None] & (rank[:, :, None] == jnp.arange(1, count + 1))
+      picks = jnp.sum(jnp.where(pick, ranked[:, :, None], 0), axis=1)  # [batch, count]
+      taken = jnp.concatenate([taken, picks.astype(jnp.int32)], axis=1)
+    return taken[:, 1:]
+
+  if not lists:  # K = 1: empty prefixes, every item is outside them.
+    prefixes = jnp.zeros((batch, num_outputs, 0), jnp.int32)
+    return prefixes, jnp.broadcast_to(scores.logsumexp()[:, :, None],
+                                      (scores.num_models, batch, num_outputs))
+  prefixes = jax.vmap(one_output, in_axes=1, out_axes=1)(items)  # [batch, L, K-1]
+  union = jnp.concatenate([ranked for _, _, ranked in lists], axis=1)  # [batch, U]
+  size = union.shape[1]
+  earlier = np.tril(np.ones((size, size), bool), k=-1)  # [j, i]: i < j
+  repeated = jnp.any((union[:, :, None] == union[:, None, :]) & earlier, axis=-1)
+  in_prefix = jnp.any(union[:, None, :, None] == prefixes[:, :, None, :], axis=-1)
+  keep = ~repeated[:, None, :] & ~in_prefix  # [batch, L, U]
+  union_scores = scores.gather(union)  # [M, batch, U]
+  inside = log_space.masked_logsumexp(
+      jnp.broadcast_to(union_scores[:, :, None, :], (scores.num_models, *keep.shape)),
+      keep[None])  # [M, batch, L]
+  outside = scores.logsumexp(excluded=union)[:, :, None]  # [M, batch, 1]
+  return prefixes, jnp.logaddexp(outside, inside)  # [M, batch, L]
 
 
 def _prefix_excluding_single_model(
@@ -172,10 +219,8 @@ def ca_inclusion_log_prob(
     never_lse = jnp.logaddexp(scores.logsumexp(excluded=top)[:, :, None],
                               scores.gather(left_out))  # [1, batch, L]
     return _closed_form_from_prefixes(scores, items, prefixes, models, never_lse)
-  prefixes = jax.vmap(
-      lambda a: _prefix_excluding_general(scores, a, counts),
-      in_axes=1, out_axes=1)(items)  # [batch, L, K-1]
-  return _closed_form_from_prefixes(scores, items, prefixes, models)
+  prefixes, outside_lse = _prefixes_excluding_multi_model(scores, items, counts)
+  return _closed_form_from_prefixes(scores, items, prefixes, models, outside_lse)
 
 
 def _closed_form_from_prefixes(

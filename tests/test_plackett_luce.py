@@ -20,6 +20,7 @@ import pytest
 from cpg_jax import log_space
 from cpg_jax import plackett_luce as pl
 from cpg_jax import sampling
+from cpg_jax.scores import as_scores
 
 
 @pytest.fixture
@@ -332,7 +333,7 @@ def test_ca_closed_form_float32(num_models, num_items, num_candidates, scale):
 
 @pytest.mark.parametrize("num_candidates", [1, 2, 3, 6, 10])
 def test_ca_single_model_fast_path_equals_general_path(x64, num_candidates):
-  """M = 1: the T_{K-1}(a) shortcut from the top-K list == the general procedure."""
+  """M = 1: the T_{K-1}(a) shortcut from the top-K list == the any-M procedure."""
   rng = np.random.default_rng(num_candidates)
   num_items, batch = 10, 8
   scores = jnp.asarray(rng.normal(size=(1, batch, num_items)))
@@ -344,17 +345,61 @@ def test_ca_single_model_fast_path_equals_general_path(x64, num_candidates):
   def both_paths(scores, items):
     top = sampling.top_candidates(scores, num_candidates)
     fast, _ = pl._prefix_excluding_single_model(top, items)  # [batch, L, K-1]
-    general = jnp.stack([pl._prefix_excluding_general(scores, items[:, l], counts)
-                         for l in range(items.shape[1])], axis=1)
+    general, outside = pl._prefixes_excluding_multi_model(as_scores(scores), items, counts)
     return (fast, general,
             pl._closed_form_from_prefixes(scores, items, fast, models),
-            pl._closed_form_from_prefixes(scores, items, general, models),
+            pl._closed_form_from_prefixes(scores, items, general, models, outside),
             pl.ca_inclusion_log_prob(scores, items, num_candidates))
 
   fast, general, value_fast, value_general, public = both_paths(scores, items)
   np.testing.assert_array_equal(np.asarray(fast), np.asarray(general))
   np.testing.assert_allclose(value_fast, value_general, rtol=0, atol=1e-14)
   np.testing.assert_allclose(public, value_general, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("num_models,num_candidates,num_items", [
+    (2, 2, 3), (2, 5, 7), (3, 3, 4), (3, 7, 9), (5, 10, 12), (5, 10, 40)])
+def test_multi_model_prefixes_match_the_slot_procedure(x64, num_models, num_candidates,
+                                                       num_items):
+  """T_{K-1}(a) from one top list per model == the slot procedure run per item,
+  and the LSE outside it == a brute-force sum, for items inside and outside
+  the lists (small N makes many of them fall inside)."""
+  rng = np.random.default_rng(num_models * 100 + num_items)
+  batch, outputs = 6, 4
+  scores = rng.normal(size=(num_models, batch, num_items))
+  items = rng.integers(0, num_items, (batch, outputs)).astype(np.int32)
+  items[0, 0] = np.argmax(scores[0, 0])  # the top item of model 0 ...
+  items[1, 0] = np.argmin(scores[-1, 1])  # ... and the bottom item of the last model
+  counts = sampling.slot_counts(num_candidates, num_models)
+  models = ref_models(num_candidates, num_models)
+  prefixes, outside = jax.jit(
+      lambda s, i: pl._prefixes_excluding_multi_model(as_scores(s), i, counts))(
+          jnp.asarray(scores), jnp.asarray(items))
+  assert prefixes.shape == (batch, outputs, num_candidates - 1)
+  assert outside.shape == (num_models, batch, outputs)
+  for b in range(batch):
+    for l in range(outputs):
+      want = ref_prefix_excluding(scores[:, b], int(items[b, l]), num_candidates - 1, models)
+      assert list(np.asarray(prefixes[b, l])) == want, (b, l)
+      allowed = np.ones(num_items, bool)
+      allowed[want] = False
+      for m in range(num_models):
+        np.testing.assert_allclose(outside[m, b, l],
+                                   ref_log_normaliser(scores[m, b], allowed), rtol=1e-12)
+
+
+def test_multi_model_ca_gradient_matches_float64_finite_differences(x64):
+  rng = np.random.default_rng(7)
+  scores = jnp.asarray(rng.normal(size=(3, 2, 9)))
+  items = jnp.asarray([[0, 4], [8, 2]], jnp.int32)
+  fn = lambda s: jnp.sum(pl.ca_inclusion_log_prob(s, items, 6))
+  grad = np.asarray(jax.grad(fn)(scores))
+  eps = 1e-6
+  for index in [(0, 0, 0), (1, 0, 4), (2, 1, 8), (1, 1, 3), (0, 1, 2)]:
+    bump = np.zeros(scores.shape)
+    bump[index] = eps
+    numeric = (fn(scores + bump) - fn(scores - bump)) / (2 * eps)
+    np.testing.assert_allclose(grad[index], numeric, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize("num_items", [2, 7, 30])
