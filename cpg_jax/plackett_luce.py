@@ -126,12 +126,12 @@ def _prefixes_excluding_multi_model(
   for m, count in enumerate(prefix_counts):
     if count:
       depth = min(skipped_so_far + count, scores.num_items)
-      lists.append((m, count, scores.top_k(m, depth)))  # [batch, depth], no noise
+      lists.append((count, scores.top_k(m, depth)))  # [batch, depth], no noise
       skipped_so_far += count
 
   def one_output(item):  # item [batch] -> prefix [batch, K-1]
     taken = item[:, None]
-    for _, count, ranked in lists:
+    for count, ranked in lists:
       free = ~jnp.any(ranked[:, :, None] == taken[:, None, :], axis=-1)  # [batch, depth]
       rank = jnp.cumsum(free, axis=1)  # 1-based rank among the free entries
       pick = free[:, :, None] & (rank[:, :, None] == jnp.arange(1, count + 1))
@@ -144,7 +144,7 @@ def _prefixes_excluding_multi_model(
     return prefixes, jnp.broadcast_to(scores.logsumexp()[:, :, None],
                                       (scores.num_models, batch, num_outputs))
   prefixes = jax.vmap(one_output, in_axes=1, out_axes=1)(items)  # [batch, L, K-1]
-  union = jnp.concatenate([ranked for _, _, ranked in lists], axis=1)  # [batch, U]
+  union = jnp.concatenate([ranked for _, ranked in lists], axis=1)  # [batch, U]
   size = union.shape[1]
   earlier = np.tril(np.ones((size, size), bool), k=-1)  # [j, i]: i < j
   repeated = jnp.any((union[:, :, None] == union[:, None, :]) & earlier, axis=-1)
