@@ -7,8 +7,13 @@ The data file is the user's (KuaiRec's small_matrix.csv); nothing is
 downloaded. watch_ratio is clipped to [0, 10], ids are re-indexed densely in
 order of first appearance, observed reward r = q (1 + eps), eps ~ N(0, 0.3^2).
 Learning rate 0.01 for every estimator. Protocol as the synthetic runs (10
-seeds, 500,000 steps). Expected runtime: several hours per configuration on 2
-CPU cores (3,327 items, K up to 200); not yet measured end to end. Expected result: CA-PG-SwR beats V-PG-SwR, more so at
+seeds, 500,000 steps). Expected runtime on the 2-core development CPU: a
+one-seed step takes 2.6-2.8 ms at K = 10 and 12-16 ms at K = 200 (median,
+`benchmarks/step.py --items 3327 --candidates K`, machine loaded), so the
+protocol is most of a day per configuration there; use an accelerator.
+Without the real file, `python -m cpg_jax.environments.kuairec_like --out F`
+writes a generated file of the same format and shape (docs/results.md (d)).
+Expected result (the paper's claim): CA-PG-SwR beats V-PG-SwR, more so at
 K = 200.
 """
 
