@@ -407,10 +407,12 @@ def plot(runs: Sequence[dict[str, Any]], out: str, title: str | None = None,
       bottom.xaxis.set_tick_params(labelbottom=True)
       bottom.set_xlabel("gradient steps")
     fig.supylabel("policy value")
+    lines_text = "solid black: optimum, dashed: 95% of the optimum" + (
+        "; dotted: optimal ESR with this LSR" if any_lsr_limit else "")
+    # One line only where the figure is wide enough for it.
     subtitle = (f"mean over {_seed_text(runs)}, band: ±1 std over seeds"
-                + ("; " if ncols > 1 else "\n")
-                + "solid black: optimum, dashed: 95% of the optimum"
-                + ("; dotted: optimal ESR with this LSR" if any_lsr_limit else ""))
+                + ("; " if ncols > 2 or (ncols == 2 and not any_lsr_limit) else "\n")
+                + lines_text)
     fig.suptitle(f"{title or default_title(runs, facet)}\n{subtitle}", fontsize=13)
 
     handles = []
