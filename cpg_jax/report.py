@@ -257,7 +257,7 @@ def summary_rows(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()
         "final_min": float(_nan_stat(np.nanmin, final)),
         "final_max": float(_nan_stat(np.nanmax, final)),
         "optimal": float(run["optimal"]),
-        "best_with_lsr": float(run.get("best_with_lsr", run["optimal"])),
+        "best_with_lsr": float(run["best_with_lsr"]),
         "fraction_of_optimum": (final_mean / run["optimal"] if run["optimal"]
                                 else float("nan")),
         "steps_to_95": steps_to_fraction(run["steps"], mean_curve, 0.95 * run["optimal"]),
@@ -310,7 +310,7 @@ DEFINITIONS = (
 def _lsr_limits(run_or_row: dict[str, Any]) -> bool:
   """Whether the run's LSR keeps the ESR below the optimum (a second line)."""
   optimum = float(run_or_row["optimal"])
-  best = float(run_or_row.get("best_with_lsr", optimum))
+  best = float(run_or_row["best_with_lsr"])
   return abs(best - optimum) > 1e-6 * max(1.0, abs(optimum))
 
 
