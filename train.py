@@ -14,7 +14,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from cpg_jax import cli
+from cpg_jax.experiments import report
+from cpg_jax.training import cli
 
 try:  # config_flags applies --config.<field> overrides while defining the flag.
   _CONFIG = config_flags.DEFINE_config_file(
@@ -37,7 +38,10 @@ def main(argv):
     config.keys()  # config_flags defers a failed load until the config is used.
   except Exception as e:  # pylint: disable=broad-except
     cli.fail(cli.describe_parse_error(e, sys.argv))
-  return cli.run(config, _WORKDIR.value, _PLOT.value)
+  cli.run(config, _WORKDIR.value)
+  if _PLOT.value:
+    print(f"Learning curves: {report.write_report([_WORKDIR.value])}")
+  return 0
 
 
 if __name__ == "__main__":

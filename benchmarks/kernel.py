@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cpg_jax import noise  # noqa: E402
+from cpg_jax.numerics import noise  # noqa: E402
 from kernels import fused_topk_lse_dense, fused_topk_lse_pallas, fused_topk_lse_reference  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Experiment (e) of method.md §6: seconds per 1,000 gradient steps.
+"""Experiment (e) of docs/method.md §6: seconds per 1,000 gradient steps.
 
   python benchmarks/paper_runtime.py [--settings 5x1,10x1,20x1,20x5]
       [--estimators vpg,vpg_swr,ca_pg,ca_pg_swr] [--seeds 1,10]
@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 
-from cpg_jax import config as config_lib  # noqa: E402
-from cpg_jax import paper_experiments  # noqa: E402
-from cpg_jax import report  # noqa: E402
+from cpg_jax.training import config as config_lib  # noqa: E402
+from cpg_jax.experiments import paper as paper_experiments  # noqa: E402
+from cpg_jax.experiments import runs as runs_lib  # noqa: E402
 from train_throughput import measure  # noqa: E402  (benchmarks/train_throughput.py)
 
 
@@ -57,7 +57,7 @@ def runtime_config(estimator: str, k: int, l: int, seeds: int):
   c.num_outputs = l
   c.num_models = 1
   c.num_seeds = seeds
-  c.learning_rate = paper_experiments.SYNTHETIC_LEARNING_RATES.get(estimator, 0.01)
+  c.learning_rate = paper_experiments.default_learning_rate(estimator) or 0.01
   config_lib.validate(c)
   return c
 
@@ -72,7 +72,7 @@ def tables(results: dict, settings, estimators, seed_counts) -> str:
     out.append("|---|" + "---:|" * len(settings))
     for name in estimators:
       cells = [f"{results[(name, k, l, seeds)]:.2f}" for k, l in settings]
-      out.append(f"| {report.estimator_name(name)} | " + " | ".join(cells) + " |")
+      out.append(f"| {runs_lib.estimator_name(name)} | " + " | ".join(cells) + " |")
     out.append("")
   return "\n".join(out)
 

@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpg_jax import config as config_lib
-from cpg_jax import experiment as experiment_lib
-from cpg_jax import trainer
+from cpg_jax.training import config as config_lib
+from cpg_jax.training import pipeline as pipeline_lib
+from cpg_jax.training import step as step_lib
+from cpg_jax.training import state as state_lib
 
 
 def _median_seconds(fn, repeats):
@@ -50,32 +51,31 @@ def _peak_bytes(compiled) -> tuple[float, float]:
   return float(peak), float(stats.temp_size_in_bytes)
 
 
-def make_floor(experiment, num_candidates):
+def make_floor(pipeline, num_candidates):
   """Score product + LSE + top-K (no noise), forward and backward."""
 
   def floor(params, context_ids):
     def lse_sum(p):
-      return jnp.sum(experiment.score_table(p, context_ids).logsumexp())
+      return jnp.sum(pipeline.score_table(p, context_ids).logsumexp())
     value, grads = jax.value_and_grad(lse_sum)(params)
-    top = experiment.score_table(params, context_ids).top_k(0, num_candidates)
+    top = pipeline.score_table(params, context_ids).top_k(0, num_candidates)
     return value, grads, top
 
   return jax.jit(floor)
 
 
 def measure(config, steps_per_chunk, repeats):
-  experiment = experiment_lib.build_experiment(config)
-  env = experiment.env
-  states = trainer.init_states(experiment, [0])
-  chunk = trainer.make_train_chunk(experiment)
+  pipeline, env = pipeline_lib.from_config(config)
+  states = state_lib.init_states(pipeline, [0])
+  chunk = step_lib.make_train_chunk(pipeline)
   compiled_step = chunk.lower(states, env, steps_per_chunk).compile()
   step_seconds = _median_seconds(lambda: compiled_step(states, env), repeats) / steps_per_chunk
 
   params = jax.tree.map(lambda x: x[0], states.params)
   context_ids = env.sample_contexts(jax.random.key(0), config.batch_size)
-  floor = make_floor(experiment, config.num_candidates).lower(params, context_ids).compile()
+  floor = make_floor(pipeline, config.num_candidates).lower(params, context_ids).compile()
   floor_seconds = _median_seconds(lambda: floor(params, context_ids), repeats)
-  dense = not experiment.uses_blocked_scores(config.batch_size)
+  dense = not pipeline.uses_blocked_scores(config.batch_size)
   return step_seconds, floor_seconds, _peak_bytes(compiled_step), dense
 
 

@@ -27,14 +27,15 @@ import time
 import jax
 import numpy as np
 
-from cpg_jax import config as config_lib
-from cpg_jax import estimators
-from cpg_jax import experiment as experiment_lib
-from cpg_jax import trainer
+from cpg_jax.training import config as config_lib
+from cpg_jax.numerics import estimators
+from cpg_jax.training import pipeline as pipeline_lib
+from cpg_jax.training import step as step_lib
+from cpg_jax.training import state as state_lib
 
 
-def make_experiment(args, estimator: str, noise_generator: str):
-  """The library's experiment for these settings (synthetic environment)."""
+def make_pipeline(args, estimator: str, noise_generator: str):
+  """The library's pipeline for these settings (synthetic environment)."""
   c = config_lib.default_config()
   c.estimator = estimator
   c.env.num_contexts = args.contexts
@@ -47,21 +48,20 @@ def make_experiment(args, estimator: str, noise_generator: str):
   c.batch_size = args.batch
   c.num_seeds = 1
   c.noise_generator = noise_generator
-  return experiment_lib.build_experiment(c)
+  return pipeline_lib.from_config(c)
 
 
 def time_estimator(estimator, noise_generator, args, trace_counts):
   """Compiles, warms up and times one estimator's step. Returns per-step ms."""
-  experiment = make_experiment(args, estimator, noise_generator)
+  pipeline, env = make_pipeline(args, estimator, noise_generator)
   estimator = f"{estimator}/{noise_generator}"
-  env = experiment.env
 
   def step(state, env):
     trace_counts[estimator] += 1  # Python side effect: runs once per trace.
-    return trainer.train_step(experiment, env, state)
+    return step_lib.train_step(pipeline, env, state)
 
   step = jax.jit(step, donate_argnums=0)
-  state = jax.device_put(trainer.init_state(experiment, args.seed))
+  state = jax.device_put(state_lib.init_state(pipeline, args.seed))
   for _ in range(args.warmup):
     state, metrics = step(state, env)
   jax.block_until_ready((state, metrics))
@@ -114,8 +114,8 @@ def main(argv=None):
         f"candidates(K)={args.candidates} outputs(L)={args.outputs} models(M)={args.models} "
         f"lsr={args.lsr} optimizer=adagrad(lr={args.lr}) repeats={args.repeats} "
         f"warmup={args.warmup}")
-  print("environment: cpg_jax synthetic (method.md §5.1); one jitted step = "
-        "cpg_jax.trainer.train_step: context draw + two-tower scoring + Gumbel-top-k + "
+  print("environment: cpg_jax synthetic (docs/method.md §5.1); one jitted step = "
+        "cpg_jax.step_lib.train_step: context draw + two-tower scoring + Gumbel-top-k + "
         "LSR + rewards + loss + grad + Adagrad update + divergence check")
   print("checks: compiled exactly once per estimator; timed loop under "
         "jax.transfer_guard('disallow')\n")

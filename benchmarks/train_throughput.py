@@ -19,23 +19,24 @@ import time
 import jax
 import numpy as np
 
-from cpg_jax import config as config_lib
-from cpg_jax import estimators
-from cpg_jax import experiment as experiment_lib
-from cpg_jax import trainer
+from cpg_jax.training import config as config_lib
+from cpg_jax.numerics import estimators
+from cpg_jax.training import pipeline as pipeline_lib
+from cpg_jax.training import step as step_lib
+from cpg_jax.training import state as state_lib
 
 
 def measure(config, seeds: int, chunk_steps: int, repeats: int) -> float:
   """Median seconds per chunk, compilation excluded."""
-  experiment = experiment_lib.build_experiment(config)
-  chunk = trainer.make_train_chunk(experiment)
-  states = trainer.init_states(experiment, range(seeds))
-  states, _ = chunk(states, experiment.env, chunk_steps)  # Compile + warm up.
+  pipeline, env = pipeline_lib.from_config(config)
+  chunk = step_lib.make_train_chunk(pipeline)
+  states = state_lib.init_states(pipeline, range(seeds))
+  states, _ = chunk(states, env, chunk_steps)  # Compile + warm up.
   jax.block_until_ready(states)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    states, _ = chunk(states, experiment.env, chunk_steps)
+    states, _ = chunk(states, env, chunk_steps)
     jax.block_until_ready(states)
     times.append(time.perf_counter() - start)
   return float(np.median(times))

@@ -1,4 +1,4 @@
-"""KuaiRec small matrix (method.md §5.2, §6 experiment (d)).
+"""KuaiRec small matrix (docs/method.md §5.2, §6 experiment (d)).
 
   python train.py --config=configs/kuairec.py:estimator=ca_pg_swr,K=100 \
       --config.env.data_path=/path/to/small_matrix.csv --workdir=runs/kuai_ca_k100
@@ -17,7 +17,8 @@ Expected result (the paper's claim): CA-PG-SwR beats V-PG-SwR, more so at
 K = 200.
 """
 
-from cpg_jax.config import default_config, parse_config_arg
+from cpg_jax.experiments.paper import default_learning_rate
+from cpg_jax.training.config import default_config, parse_config_arg
 
 
 def get_config(arg: str = ""):
@@ -29,5 +30,5 @@ def get_config(arg: str = ""):
   c.estimator = values["estimator"]
   c.num_candidates = int(values["K"])
   c.num_outputs = int(values["L"])
-  c.learning_rate = 0.01
+  c.learning_rate = default_learning_rate(c.estimator, c.env.name) or 0.01
   return c

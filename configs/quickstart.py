@@ -10,7 +10,7 @@ about 7.65 at step 20,000, 83% of the optimum (9.16, printed at the start);
 learning curves are written to <workdir>/curves.png.
 """
 
-from cpg_jax.config import default_config
+from cpg_jax.training.config import default_config
 
 
 def get_config():

@@ -1,4 +1,4 @@
-"""The paper's synthetic experiments (method.md §6), full protocol.
+"""The paper's synthetic experiments (docs/method.md §6), full protocol.
 
   python train.py --config=configs/synthetic.py --workdir=runs/syn_ca_k10
   python train.py --config=configs/synthetic.py:estimator=vpg,K=20,L=1,M=1,lsr=optimal \
@@ -14,8 +14,8 @@ draws (config.env.shared_key=True). Expected runtime on 2 CPU cores: about
 CA-PG-SwR reach 95% of the optimum in fewer steps than V-PG, more so for large K.
 """
 
-from cpg_jax.config import default_config, parse_config_arg
-from cpg_jax.paper_experiments import SYNTHETIC_LEARNING_RATES
+from cpg_jax.experiments.paper import default_learning_rate
+from cpg_jax.training.config import default_config, parse_config_arg
 
 
 def get_config(arg: str = ""):
@@ -28,5 +28,5 @@ def get_config(arg: str = ""):
   c.num_outputs = int(a["L"])
   c.num_models = int(a["M"])
   c.lsr = a["lsr"]
-  c.learning_rate = SYNTHETIC_LEARNING_RATES.get(c.estimator, 0.01)
+  c.learning_rate = default_learning_rate(c.estimator, c.env.name) or 0.01
   return c

@@ -2,7 +2,7 @@
 
 For B contexts U `[B, d]` and N items V `[N, d]` the scores are
 s = U V^T `[B, N]`. Sampling K candidates with Gumbel-top-k needs the top-k of
-s + g (g hashed Gumbel noise, `cpg_jax.noise`), and the Plackett-Luce
+s + g (g hashed Gumbel noise, `cpg_jax.numerics.noise`), and the Plackett-Luce
 normaliser needs logsumexp(s) over all N items. Written naively both
 materialise `[B, N]` (5 GB for B = 128, N = 10^7). Everything here streams over
 item blocks instead and keeps only `[B, k]` running state:
@@ -72,14 +72,17 @@ LSE assumes some score in each row is finite; N + k_pad < 2^31.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from cpg_jax import noise
+from cpg_jax.numerics import blocked
+from cpg_jax.numerics import noise
 
 # Id of an empty running slot: above every item id, so it loses every tie.
 _EMPTY_ID = 2**31 - 1
@@ -128,7 +131,7 @@ def _tile_gumbel(salt_a, salt_b, item_ids):
   with 2-D operands and a signed int -> float conversion (exact: the value is
   below 2^24) so that it lowers inside a kernel.
   """
-  h = item_ids.astype(jnp.uint32) * jnp.uint32(noise._GOLDEN)
+  h = item_ids.astype(jnp.uint32) * jnp.uint32(noise.ITEM_MULTIPLIER)
   h = noise.fmix32(noise.fmix32(h ^ salt_a) ^ salt_b)
   u = ((h >> 8).astype(jnp.int32).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
   return -jnp.log(-jnp.log(u))
@@ -152,9 +155,13 @@ def fused_topk_lse_dense(U, V, k, words=None):
 # ----------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("k", "block_items"))
-def fused_topk_lse_reference(U, V, k, words=None, block_items=8192):
+@functools.partial(jax.jit, static_argnames=("k", "block_items", "with_lse"))
+def fused_topk_lse_reference(U, V, k, words=None, block_items=8192, with_lse=True):
   """Top-k of U V^T (+ hashed Gumbel noise) and logsumexp of U V^T, blockwise.
+
+  The item blocks, the running top-k merge and the online log-sum-exp are
+  those of `cpg_jax.numerics.blocked`, shared with the item-blocked score
+  table.
 
   Args:
     U: float32 `[B, d]`, context embeddings.
@@ -163,50 +170,37 @@ def fused_topk_lse_reference(U, V, k, words=None, block_items=8192):
     words: optional uint32 `[2]` hash seed (`noise.seed_words(key)`); when
       given, the noise of row r and item i is `noise.hashed_gumbel` of (r, i).
     block_items: items scored per scan step; peak memory is `[B, block_items]`.
+    with_lse: also compute the log-sum-exp (False skips its exponentials and
+      returns None in its place).
   Returns:
     values: float32 `[B, k]`, the k largest perturbed scores, descending.
     ids: int32 `[B, k]`, their item ids (ties: lower id first).
-    lse: float32 `[B]`, logsumexp over all N items of the noiseless scores.
+    lse: float32 `[B]`, logsumexp over all N items of the noiseless scores
+      (None if not `with_lse`).
   """
   _check_inputs(U, V, k, words)
   U = U.astype(jnp.float32)
   V = V.astype(jnp.float32)
-  batch, dim = U.shape
+  batch = U.shape[0]
   num_items = V.shape[0]
-  block = min(block_items, num_items)
-  num_blocks = _cdiv(num_items, block)
-  blocks = jnp.pad(V, ((0, num_blocks * block - num_items), (0, 0)))
-  blocks = blocks.reshape(num_blocks, block, dim)
+  _, size = blocked.layout(num_items, block_items)
   salts = None if words is None else noise.row_salts(words, jnp.arange(batch))
 
-  def step(carry, xs):
-    top_v, top_i, m, l = carry
-    v_blk, b = xs
-    ids = b * block + jnp.arange(block, dtype=jnp.int32)
-    s = lax.dot_general(U, v_blk, _DOT_DIMS, precision=lax.Precision.HIGHEST)
-    s = jnp.where(ids[None, :] < num_items, s, -jnp.inf)
-    # Online log-sum-exp; every block holds at least one real item, so the
-    # new max is finite and exp(m - m_new) is well defined (0 on block 0).
-    m_new = jnp.maximum(m, jnp.max(s, axis=1))
-    l = l * jnp.exp(m - m_new) + jnp.sum(jnp.exp(s - m_new[:, None]), axis=1)
+  def step(carry, block):
+    top, lse_state = carry
+    s = lax.dot_general(U, blocked.rows(V, block, size), _DOT_DIMS,
+                        precision=lax.Precision.HIGHEST)
+    keep = jnp.broadcast_to(block.fresh[None, :], s.shape)
+    if with_lse:
+      lse_state = blocked.lse_update(lse_state, s, keep)
     if salts is not None:
-      s = s + -jnp.log(-jnp.log(noise.hashed_uniform(*salts, ids)))
-    # Running entries come first and have lower ids than the block, and among
-    # equal values they are already in id order, so lax.top_k's "lower index
-    # first" rule is the "lower id first" rule.
-    cat_v = jnp.concatenate([top_v, s], axis=1)
-    cat_i = jnp.concatenate([top_i, jnp.broadcast_to(ids, (batch, block))], axis=1)
-    top_v, pos = lax.top_k(cat_v, k)
-    top_i = jnp.take_along_axis(cat_i, pos, axis=1)
-    return (top_v, top_i, m_new, l), None
+      s = s + -jnp.log(-jnp.log(noise.hashed_uniform(*salts, block.ids)))
+    s = jnp.where(keep, s, -jnp.inf)
+    return (blocked.merge_top_k(*top, s, block.ids, k), lse_state), None
 
-  init = (jnp.full((batch, k), -jnp.inf, jnp.float32),
-          jnp.full((batch, k), -1, jnp.int32),
-          jnp.full((batch,), -jnp.inf, jnp.float32),
-          jnp.zeros((batch,), jnp.float32))
-  (top_v, top_i, m, l), _ = lax.scan(
-      step, init, (blocks, jnp.arange(num_blocks, dtype=jnp.int32)))
-  return top_v, top_i, m + jnp.log(l)
+  init = (blocked.empty_top_k(batch, k, jnp.float32), blocked.lse_init(batch, jnp.float32))
+  ((top_v, top_i), lse_state), _ = blocked.scan(step, init, num_items, block_items)
+  return top_v, top_i, blocked.lse_value(lse_state) if with_lse else None
 
 
 # ----------------------------------------------------------------------------
@@ -258,8 +252,8 @@ def _merge_tile(tile_k, item_ids, top_k, top_i):
   return top_k, top_i
 
 
-def _tile_update(u, v, start, num_items, salts, state, precision):
-  """One item tile: scores, online LSE, noise, top-k merge.
+def _tile_update(u, v, start, num_items, salts, state, precision, with_lse):
+  """One item tile: scores, online LSE (if `with_lse`), noise, top-k merge.
 
   Args:
     u: float32 `[R, D]`; v: float32 `[T, D]`; start: first item id of the
@@ -274,15 +268,17 @@ def _tile_update(u, v, start, num_items, salts, state, precision):
                       preferred_element_type=jnp.float32)
   valid = item_ids < num_items
   s = jnp.where(valid, s, -jnp.inf)
-  m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
-  # m_new is -inf only for a tile of padding in a split with no item yet.
-  m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-  l = l * jnp.exp(m - m_safe) + jnp.sum(jnp.exp(s - m_safe), axis=1, keepdims=True)
+  if with_lse:
+    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
+    # m_new is -inf only for a tile of padding in a split with no item yet.
+    m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+    l = l * jnp.exp(m - m_safe) + jnp.sum(jnp.exp(s - m_safe), axis=1, keepdims=True)
+    m = m_new
   if salts is not None:
     s = s + _tile_gumbel(*salts, item_ids)
   tile_k = jnp.where(valid, _order_key(s), _NO_KEY)
   top_k, top_i = _merge_tile(tile_k, item_ids, top_k, top_i)
-  return top_k, top_i, m_new, l
+  return top_k, top_i, m, l
 
 
 def _empty_state(rows, k_pad):
@@ -293,7 +289,7 @@ def _empty_state(rows, k_pad):
 
 
 def _grid_kernel(*refs, num_items, block_items, blocks_per_split, noisy,
-                 precision):
+                 precision, with_lse):
   """Schedule "grid": one item tile per program; state in the output refs."""
   u_ref, v_ref, *refs = refs
   salt_refs, out_refs = (refs[:2], refs[2:]) if noisy else ((), refs)
@@ -311,13 +307,13 @@ def _grid_kernel(*refs, num_items, block_items, blocks_per_split, noisy,
     salts = tuple(ref[...] for ref in salt_refs) or None
     state = tuple(ref[...] for ref in out_refs)
     state = _tile_update(u_ref[...], v_ref[...], start, num_items, salts,
-                         state, precision)
+                         state, precision, with_lse)
     for ref, value in zip(out_refs, state):
       ref[...] = value
 
 
 def _loop_kernel(*refs, num_items, block_items, blocks_per_split, noisy,
-                 precision):
+                 precision, with_lse):
   """Schedule "loop": one program per (row block, split), looping over tiles."""
   u_ref, v_ref, *refs = refs
   salt_refs, out_refs = (refs[:2], refs[2:]) if noisy else ((), refs)
@@ -329,7 +325,7 @@ def _loop_kernel(*refs, num_items, block_items, blocks_per_split, noisy,
   def body(t, state):
     start = pl.multiple_of((first + t) * block_items, block_items)
     v = v_ref[pl.ds(start, block_items), :]
-    return _tile_update(u, v, start, num_items, salts, state, precision)
+    return _tile_update(u, v, start, num_items, salts, state, precision, with_lse)
 
   state = lax.fori_loop(0, count, body, _empty_state(*out_refs[0].shape))
   for ref, value in zip(out_refs, state):
@@ -369,13 +365,75 @@ def _compiler_params(platform: str, schedule: str, interpret: bool):
   return pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
+class _Layout(NamedTuple):
+  """Tile sizes, paddings and the item splits of one kernel call (static)."""
+
+  num_items: int
+  block_rows: int
+  block_items: int
+  k_pad: int
+  dim_pad: int
+  batch_pad: int
+  num_row_blocks: int
+  splits: int
+  blocks_per_split: int
+  items_pad: int
+
+
+def _layout(platform, interpret, batch, num_items, dim, k, block_rows, block_items,
+            num_splits) -> _Layout:
+  default_rows, default_items = _default_blocks(platform, interpret)
+  if block_rows is None:  # No more rows than the (rounded-up) batch.
+    on_gpu = platform in ("gpu", "cuda", "rocm") and not interpret
+    min_rows = 16 if on_gpu else 8  # A Triton dot needs M >= 16.
+    block_rows = min(default_rows, max(min_rows, _next_pow2(batch)))
+  block_items = min(block_items or default_items, _next_pow2(num_items))
+  batch_pad = _cdiv(batch, block_rows) * block_rows
+  num_row_blocks = batch_pad // block_rows
+  num_blocks = _cdiv(num_items, block_items)
+  splits = num_splits or _default_splits(platform, num_row_blocks, num_blocks, interpret)
+  blocks_per_split = _cdiv(num_blocks, min(splits, num_blocks))
+  splits = _cdiv(num_blocks, blocks_per_split)  # No split without real items.
+  return _Layout(num_items=num_items, block_rows=block_rows, block_items=block_items,
+                 k_pad=_next_pow2(k), dim_pad=max(16, _next_pow2(dim)), batch_pad=batch_pad,
+                 num_row_blocks=num_row_blocks, splits=splits,
+                 blocks_per_split=blocks_per_split,
+                 items_pad=splits * blocks_per_split * block_items)
+
+
+def _program(layout: _Layout, schedule: str, noisy: bool, precision, with_lse):
+  """The kernel, its grid and its block specs for `schedule`."""
+  rows, items, per_split = layout.block_rows, layout.block_items, layout.blocks_per_split
+  kernel_args = dict(num_items=layout.num_items, block_items=items,
+                     blocks_per_split=per_split, noisy=noisy, precision=precision,
+                     with_lse=with_lse)
+  if schedule == "grid":
+    kernel = functools.partial(_grid_kernel, **kernel_args)
+    grid = (layout.num_row_blocks, layout.splits, per_split)
+    u_spec = pl.BlockSpec((rows, layout.dim_pad), lambda i, s, j: (i, 0))
+    v_spec = pl.BlockSpec((items, layout.dim_pad), lambda i, s, j: (s * per_split + j, 0))
+    row_spec = pl.BlockSpec((rows, 1), lambda i, s, j: (i, 0))
+    top_spec = pl.BlockSpec((None, rows, layout.k_pad), lambda i, s, j: (s, i, 0))
+    lse_spec = pl.BlockSpec((None, rows, 1), lambda i, s, j: (s, i, 0))
+  else:
+    kernel = functools.partial(_loop_kernel, **kernel_args)
+    grid = (layout.num_row_blocks, layout.splits)
+    u_spec = pl.BlockSpec((rows, layout.dim_pad), lambda i, s: (i, 0))
+    v_spec = pl.BlockSpec((layout.items_pad, layout.dim_pad), lambda i, s: (0, 0))
+    row_spec = pl.BlockSpec((rows, 1), lambda i, s: (i, 0))
+    top_spec = pl.BlockSpec((None, rows, layout.k_pad), lambda i, s: (s, i, 0))
+    lse_spec = pl.BlockSpec((None, rows, 1), lambda i, s: (s, i, 0))
+  in_specs = [u_spec, v_spec] + ([row_spec, row_spec] if noisy else [])
+  return kernel, grid, in_specs, (top_spec, top_spec, lse_spec, lse_spec)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("k", "block_items", "block_rows", "interpret", "schedule",
-                     "num_splits", "precision"))
+                     "num_splits", "precision", "with_lse"))
 def fused_topk_lse_pallas(U, V, k, words=None, block_items=None, block_rows=None,
                           interpret=False, schedule="auto", num_splits=None,
-                          precision=lax.Precision.HIGHEST):
+                          precision=lax.Precision.HIGHEST, with_lse=True):
   """The Pallas kernel; same contract as `fused_topk_lse_reference`.
 
   Args:
@@ -390,8 +448,10 @@ def fused_topk_lse_pallas(U, V, k, words=None, block_items=None, block_rows=None
       combined afterwards; default 1, or ~2 programs per SM on GPU.
     precision: of the in-kernel dot; HIGHEST keeps float32 on GPU (the
       default would be TF32) so the kernel agrees with the reference.
+    with_lse: as in `fused_topk_lse_reference` (False skips the in-kernel
+      log-sum-exp and returns None in its place).
   Returns:
-    (values float32 `[B, k]`, ids int32 `[B, k]`, lse float32 `[B]`).
+    (values float32 `[B, k]`, ids int32 `[B, k]`, lse float32 `[B]` or None).
   """
   _check_inputs(U, V, k, words)
   platform = _platform()
@@ -405,65 +465,29 @@ def fused_topk_lse_pallas(U, V, k, words=None, block_items=None, block_rows=None
     raise ValueError("schedule='grid' carries state across grid steps, which "
                      "Triton runs concurrently; use schedule='loop' on GPU")
 
-  default_rows, default_items = _default_blocks(platform, interpret)
   batch, dim = U.shape
-  if block_rows is None:  # No more rows than the (rounded-up) batch.
-    on_gpu = platform in ("gpu", "cuda", "rocm") and not interpret
-    min_rows = 16 if on_gpu else 8  # A Triton dot needs M >= 16.
-    block_rows = min(default_rows, max(min_rows, _next_pow2(batch)))
-  num_items = V.shape[0]
-  block_items = min(block_items or default_items, _next_pow2(num_items))
-  k_pad = _next_pow2(k)
-  dim_pad = max(16, _next_pow2(dim))
-  batch_pad = _cdiv(batch, block_rows) * block_rows
-  num_row_blocks = batch_pad // block_rows
-  num_blocks = _cdiv(num_items, block_items)
-  splits = num_splits or _default_splits(platform, num_row_blocks, num_blocks,
-                                         interpret)
-  blocks_per_split = _cdiv(num_blocks, min(splits, num_blocks))
-  splits = _cdiv(num_blocks, blocks_per_split)  # No split without real items.
-  items_pad = splits * blocks_per_split * block_items
-
-  U = jnp.pad(U.astype(jnp.float32), ((0, batch_pad - batch), (0, dim_pad - dim)))
-  V = jnp.pad(V.astype(jnp.float32), ((0, items_pad - num_items), (0, dim_pad - dim)))
+  layout = _layout(platform, interpret, batch, V.shape[0], dim, k, block_rows, block_items,
+                   num_splits)
+  U = jnp.pad(U.astype(jnp.float32),
+              ((0, layout.batch_pad - batch), (0, layout.dim_pad - dim)))
+  V = jnp.pad(V.astype(jnp.float32),
+              ((0, layout.items_pad - V.shape[0]), (0, layout.dim_pad - dim)))
   noisy = words is not None
   inputs = [U, V]
   if noisy:
-    salt_a, salt_b = noise.row_salts(words, jnp.arange(batch_pad))
+    salt_a, salt_b = noise.row_salts(words, jnp.arange(layout.batch_pad))
     inputs += [salt_a[:, None], salt_b[:, None]]
-
-  kernel_args = dict(num_items=num_items, block_items=block_items,
-                     blocks_per_split=blocks_per_split, noisy=noisy,
-                     precision=precision)
-  if schedule == "grid":
-    kernel = functools.partial(_grid_kernel, **kernel_args)
-    grid = (num_row_blocks, splits, blocks_per_split)
-    u_spec = pl.BlockSpec((block_rows, dim_pad), lambda i, s, j: (i, 0))
-    v_spec = pl.BlockSpec((block_items, dim_pad),
-                          lambda i, s, j: (s * blocks_per_split + j, 0))
-    row_spec = pl.BlockSpec((block_rows, 1), lambda i, s, j: (i, 0))
-    top_spec = pl.BlockSpec((None, block_rows, k_pad), lambda i, s, j: (s, i, 0))
-    lse_spec = pl.BlockSpec((None, block_rows, 1), lambda i, s, j: (s, i, 0))
-  else:
-    kernel = functools.partial(_loop_kernel, **kernel_args)
-    grid = (num_row_blocks, splits)
-    u_spec = pl.BlockSpec((block_rows, dim_pad), lambda i, s: (i, 0))
-    v_spec = pl.BlockSpec((items_pad, dim_pad), lambda i, s: (0, 0))
-    row_spec = pl.BlockSpec((block_rows, 1), lambda i, s: (i, 0))
-    top_spec = pl.BlockSpec((None, block_rows, k_pad), lambda i, s: (s, i, 0))
-    lse_spec = pl.BlockSpec((None, block_rows, 1), lambda i, s: (s, i, 0))
-
-  in_specs = [u_spec, v_spec] + ([row_spec, row_spec] if noisy else [])
-  out_shape = (jax.ShapeDtypeStruct((splits, batch_pad, k_pad), jnp.int32),
-               jax.ShapeDtypeStruct((splits, batch_pad, k_pad), jnp.int32),
-               jax.ShapeDtypeStruct((splits, batch_pad, 1), jnp.float32),
-               jax.ShapeDtypeStruct((splits, batch_pad, 1), jnp.float32))
+  kernel, grid, in_specs, out_specs = _program(layout, schedule, noisy, precision, with_lse)
+  out_shape = (jax.ShapeDtypeStruct((layout.splits, layout.batch_pad, layout.k_pad), jnp.int32),
+               jax.ShapeDtypeStruct((layout.splits, layout.batch_pad, layout.k_pad), jnp.int32),
+               jax.ShapeDtypeStruct((layout.splits, layout.batch_pad, 1), jnp.float32),
+               jax.ShapeDtypeStruct((layout.splits, layout.batch_pad, 1), jnp.float32))
   top_k, top_i, m, l = pl.pallas_call(
       kernel,
       out_shape=out_shape,
       grid=grid,
       in_specs=in_specs,
-      out_specs=(top_spec, top_spec, lse_spec, lse_spec),
+      out_specs=out_specs,
       interpret=interpret,
       compiler_params=_compiler_params(platform, schedule, interpret),
       name="fused_topk_lse",
@@ -472,9 +496,12 @@ def fused_topk_lse_pallas(U, V, k, words=None, block_items=None, block_rows=None
   # Combine the splits: sort all candidates on (key descending, id
   # ascending), which also orders each split's unsorted set. ~key is a
   # decreasing map of the key that can not overflow.
-  top_k = top_k[:, :batch].transpose(1, 0, 2).reshape(batch, splits * k_pad)
-  top_i = top_i[:, :batch].transpose(1, 0, 2).reshape(batch, splits * k_pad)
+  width = layout.splits * layout.k_pad
+  top_k = top_k[:, :batch].transpose(1, 0, 2).reshape(batch, width)
+  top_i = top_i[:, :batch].transpose(1, 0, 2).reshape(batch, width)
   not_k, top_i = lax.sort((~top_k, top_i), dimension=1, num_keys=2)
+  if not with_lse:
+    return _from_order_key(~not_k[:, :k]), top_i[:, :k], None
   m, l = m[:, :batch, 0], l[:, :batch, 0]
   m_all = jnp.max(m, axis=0)
   lse = m_all + jnp.log(jnp.sum(l * jnp.exp(m - m_all), axis=0))
@@ -486,8 +513,26 @@ def fused_topk_lse_pallas(U, V, k, words=None, block_items=None, block_rows=None
 # ----------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class FusedTopK:
+  """The kernel's top-k ids as the fused top-k of an item-blocked score table
+  (`cpg_jax.numerics.scores.BlockedScores.fused_top_k`); no log-sum-exp.
+
+  Attributes:
+    implementation: "pallas" or "auto" (see `fused_topk_lse`).
+  """
+
+  implementation: str = "auto"
+
+  def __call__(self, U, V, k, words, block_items):
+    """ids int32 `[B, k]` of the top-k of U V^T (+ noise if `words`)."""
+    _, ids, _ = fused_topk_lse(U, V, k, words, implementation=self.implementation,
+                               block_items=block_items, with_lse=False)
+    return ids
+
+
 def fused_topk_lse(U, V, k, words=None, *, implementation="auto",
-                   block_items=None, block_rows=None, **kernel_kwargs):
+                   block_items=None, block_rows=None, with_lse=True, **kernel_kwargs):
   """Top-k (+ hashed Gumbel noise) and logsumexp of U V^T, never `[B, N]`.
 
   Args:
@@ -497,19 +542,24 @@ def fused_topk_lse(U, V, k, words=None, *, implementation="auto",
       `lax.scan` reference) or "auto" (pallas on GPU/TPU, xla on CPU).
     block_items, block_rows: tile sizes (block_rows is ignored by "xla");
       None picks a default for the path and backend.
+    with_lse: also return the log-sum-exp (False: None in its place, and
+      neither path computes it).
     **kernel_kwargs: extra options of `fused_topk_lse_pallas` (schedule,
       num_splits, precision).
   Returns:
-    (values float32 `[B, k]` descending, ids int32 `[B, k]`, lse float32 `[B]`).
+    (values float32 `[B, k]` descending, ids int32 `[B, k]`, lse float32 `[B]`
+    or None).
   """
   platform = _platform()
   if implementation == "auto":
     implementation = "xla" if platform == "cpu" else "pallas"
   if implementation == "xla":
-    return fused_topk_lse_reference(U, V, k, words, block_items=block_items or 8192)
+    return fused_topk_lse_reference(U, V, k, words, block_items=block_items or 8192,
+                                    with_lse=with_lse)
   if implementation == "pallas":
     return fused_topk_lse_pallas(U, V, k, words, block_items=block_items,
                                  block_rows=block_rows,
-                                 interpret=platform == "cpu", **kernel_kwargs)
+                                 interpret=platform == "cpu", with_lse=with_lse,
+                                 **kernel_kwargs)
   raise ValueError(
       f"implementation must be 'auto', 'pallas' or 'xla', got {implementation!r}")

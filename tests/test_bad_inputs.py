@@ -17,9 +17,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cpg_jax import cli
-from cpg_jax import config as config_lib
-from cpg_jax import loop
+from cpg_jax.training import cli
+from cpg_jax.training import config as config_lib
+from cpg_jax.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "kuairec_small_matrix.csv")
@@ -41,7 +41,7 @@ def _files_under(path):
 def _expect_user_error(capsys, config, workdir, phrases):
   before = _files_under(workdir)
   with pytest.raises(SystemExit) as exit_info:
-    cli.run(config, str(workdir), plot=False)
+    cli.run(config, str(workdir))
   err = capsys.readouterr().err
   assert exit_info.value.code == 2
   assert err.startswith("error: "), err
@@ -75,7 +75,7 @@ CONFIG_CASES = [
     ("unknown lsr", {"lsr": "random"}, ["config.lsr", "optimal, noisy, uniform, anti"]),
     ("unknown schedule", {"lr_schedule": "step"}, ["config.lr_schedule", "constant"]),
     ("unknown position weights", {"position_weights": "exp"}, ["config.position_weights", "mean"]),
-    ("unknown environment", {"env.name": "movielens"}, ["config.env.name", "synthetic, kuairec"]),
+    ("unknown environment", {"env.name": "netflix"}, ["config.env.name", "synthetic, kuairec"]),
     ("zero temperature", {"lsr_temperature": 0.0}, ["config.lsr_temperature", "> 0.0"]),
     ("epsilon above 1", {"lsr_epsilon": 1.5}, ["config.lsr_epsilon", "<= 1.0"]),
     ("zero items", {"env.num_items": 0}, ["config.env.num_items", ">= 1"]),
@@ -149,7 +149,7 @@ def test_bad_data_file(tmp_path, capsys, case):
 
 
 def test_duplicated_pairs_are_accepted_keeping_the_last(tmp_path):
-  """method.md §5.2 says: duplicates keep the last entry, and say so."""
+  """docs/method.md §5.2 says: duplicates keep the last entry, and say so."""
   from cpg_jax.environments import load_kuairec_matrix
   path = _write(tmp_path / "dup.csv", KUAIREC_HEADER
                 + "1,2,3,4,5,6,7,0.5\n1,2,3,4,5,6,7,0.7\n2,2,3,4,5,6,7,0.1\n")
@@ -171,7 +171,7 @@ def test_foreign_checkpoint(tmp_path, capsys):
   _write(step_dir / "weights.bin", "not an orbax checkpoint")
   _write(step_dir / "_CHECKPOINT_METADATA", "{}")
   with pytest.raises(SystemExit) as exit_info:
-    cli.run(small_config(), str(workdir), plot=False)
+    cli.run(small_config(), str(workdir))
   err = " ".join(capsys.readouterr().err.split())
   assert exit_info.value.code == 2
   assert "no intact checkpoint" in err and "damaged_checkpoints" in err, err
@@ -186,7 +186,7 @@ def test_truncated_only_checkpoint(tmp_path, capsys, finished_run):
     with open(p, "r+b") as f:
       f.truncate(max(os.path.getsize(p) // 2, 1))
   with pytest.raises(SystemExit) as exit_info:
-    cli.run(small_config(), str(workdir), plot=False)
+    cli.run(small_config(), str(workdir))
   err = " ".join(capsys.readouterr().err.split())
   assert exit_info.value.code == 2 and "no intact checkpoint" in err, err
 

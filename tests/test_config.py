@@ -8,8 +8,8 @@ import math
 import ml_collections
 import pytest
 
-from cpg_jax import config as config_lib
-from cpg_jax.config import ConfigError
+from cpg_jax.training import config as config_lib
+from cpg_jax.training.config import ConfigError
 
 
 def config_with(**changes) -> ml_collections.ConfigDict:
@@ -75,7 +75,7 @@ BAD_CASES = [
     ("temperature_zero", dict(lsr_temperature=0.0), "lsr_temperature"),
     ("epsilon_gt_1", dict(lsr_epsilon=1.5), "lsr_epsilon"),
     ("alpha_negative", dict(lsr_alpha=-0.1), "lsr_alpha"),
-    ("unknown_env", dict(env__name="movielens"), "env.name"),
+    ("unknown_env", dict(env__name="netflix"), "env.name"),
     ("unknown_weights", dict(position_weights="rbo"), "position_weights"),
     ("unknown_combine", dict(swr_combine="max"), "swr_combine"),
 ]

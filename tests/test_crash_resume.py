@@ -18,12 +18,13 @@ import jax
 import numpy as np
 import pytest
 
-from cpg_jax import checkpointing
-from cpg_jax import config as config_lib
-from cpg_jax import experiment as experiment_lib
-from cpg_jax import loop
-from cpg_jax import metrics_log
-from cpg_jax import trainer
+from cpg_jax.training import checkpointing
+from cpg_jax.training import config as config_lib
+from cpg_jax.training import pipeline as pipeline_lib
+from cpg_jax.training import spec as spec_lib
+from cpg_jax.training import loop
+from cpg_jax.training import state as state_lib
+from tests.helpers import metrics_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
@@ -57,13 +58,13 @@ def _start(workdir):
 def reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   states = loop.train_and_evaluate(_config(), workdir, log=lambda _: None)
-  return states, metrics_log.read_metrics(workdir)
+  return states, metrics_records(workdir)
 
 
 def _final_state(workdir):
   config = _config()
-  experiment = experiment_lib.build_experiment(config)
-  abstract = jax.eval_shape(lambda: trainer.init_states(experiment, loop.seeds_of(config)))
+  pipeline, env = pipeline_lib.from_config(config)
+  abstract = jax.eval_shape(lambda: state_lib.init_states(pipeline, spec_lib.from_config(config).seeds))
   ckpt = checkpointing.Checkpointer(workdir, keep=2)
   step = ckpt.latest_step()
   state, _ = ckpt.restore(step, checkpointing.abstract_like(abstract))
@@ -94,7 +95,7 @@ def _assert_matches_reference(workdir, reference):
   assert step == OVERRIDES["num_steps"]
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(states), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  got = metrics_log.read_metrics(workdir)
+  got = metrics_records(workdir)
   assert [r["step"] for r in got] == list(range(0, OVERRIDES["num_steps"] + 1, 2000))
   assert _strip_timing(got) == _strip_timing(records)
 
@@ -160,5 +161,5 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, damage):
   assert any("Resumed" in m and "step 60" in m for m in messages)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert _strip_timing(metrics_log.read_metrics(workdir)) == _strip_timing(
-      metrics_log.read_metrics(full_dir))
+  assert _strip_timing(metrics_records(workdir)) == _strip_timing(
+      metrics_records(full_dir))

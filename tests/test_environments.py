@@ -1,4 +1,4 @@
-"""Tests of cpg_jax.environments (method.md §5).
+"""Tests of cpg_jax.environments (docs/method.md §5).
 
 Numerical references are computed in NumPy float64 from the environment's own
 base arrays (x, e, M0, Mz, c_x, c_a, W), with the formula written out literally,
@@ -29,6 +29,7 @@ from cpg_jax.environments import make_reward_matrix_environment
 from cpg_jax.environments import make_synthetic_environment
 from cpg_jax.environments import RewardMatrixEnvironment
 from cpg_jax.environments import SyntheticEnvironment
+from cpg_jax.environments import draw_components
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 KUAIREC_FIXTURE = os.path.join(FIXTURES, 'kuairec_small_matrix.csv')
@@ -49,24 +50,30 @@ def _softplus(z):
   return np.logaddexp(0.0, z)
 
 
+def _draws(env):
+  """The generator's components behind a synthetic environment."""
+  return draw_components(env.seed, env.num_contexts, env.num_items, env.dim,
+                         env.shared_key)
+
+
 def _reference_q(env, context_ids, item_ids):
   """q(x, a) = s x^T [(1 - eta) M0 + eta Mz] e_a, literally, in float64.
 
   context_ids: `[batch]`, item_ids: `[batch, n]` -> `[batch, n]`.
   """
-  x = _np(env.context_vectors)[np.asarray(context_ids)]  # [b, d]
-  e = _np(env.item_vectors)[np.asarray(item_ids)]  # [b, n, d]
-  m0, mz = _np(env.m0), _np(env.mz)
-  eta = np.sqrt(_sigmoid(x @ _np(env.c_x) + 3.0)[:, None]
-                * _sigmoid(e @ _np(env.c_a) + 3.0))  # [b, n]
+  x = _np(_draws(env).context_vectors)[np.asarray(context_ids)]  # [b, d]
+  e = _np(_draws(env).item_vectors)[np.asarray(item_ids)]  # [b, n, d]
+  m0, mz = _np(_draws(env).m0), _np(_draws(env).mz)
+  eta = np.sqrt(_sigmoid(x @ _np(_draws(env).c_x) + 3.0)[:, None]
+                * _sigmoid(e @ _np(_draws(env).c_a) + 3.0))  # [b, n]
   m = (1.0 - eta)[..., None, None] * m0 + eta[..., None, None] * mz
   return env.reward_scale * np.einsum('bi,bnij,bnj->bn', x, m, e)
 
 
 def _reference_std(env, context_ids, item_ids):
-  x = _np(env.context_vectors)[np.asarray(context_ids)]
-  e = _np(env.item_vectors)[np.asarray(item_ids)]
-  return _sigmoid(np.einsum('bi,ij,bnj->bn', x, _np(env.w), e) + 1.0)
+  x = _np(_draws(env).context_vectors)[np.asarray(context_ids)]
+  e = _np(_draws(env).item_vectors)[np.asarray(item_ids)]
+  return _sigmoid(np.einsum('bi,ij,bnj->bn', x, _np(_draws(env).w), e) + 1.0)
 
 
 def _all_outvar_shapes(jaxpr):
@@ -103,7 +110,7 @@ def test_synthetic_is_an_environment_pytree(env):
   assert (env.num_contexts, env.num_items, env.dim) == (1000, 1000, 10)
   assert env.shared_key is True
   leaves = jax.tree_util.tree_leaves(env)
-  assert len(leaves) == 12
+  assert len(leaves) == 6
   assert all(leaf.dtype == jnp.float32 for leaf in leaves)
   # A jitted function takes the environment as an argument.
   ids = jax.jit(lambda e, k: e.sample_contexts(k, 512))(env, jax.random.key(1))
@@ -117,19 +124,19 @@ def test_synthetic_unit_rows(shared_key):
   e = make_synthetic_environment(3, num_contexts=200, num_items=300,
                                  shared_key=shared_key)
   for name in ('context_vectors', 'item_vectors', 'm0', 'mz'):
-    norms = np.linalg.norm(_np(getattr(e, name)), axis=1)
+    norms = np.linalg.norm(_np(getattr(_draws(e), name)), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-6, err_msg=name)
   # U[-1, 1] before normalisation: coordinates of both signs, |.| <= 1.
-  assert _np(e.context_vectors).min() < -0.5 < 0.5 < _np(e.item_vectors).max()
+  assert _np(_draws(e).context_vectors).min() < -0.5 < 0.5 < _np(_draws(e).item_vectors).max()
 
 
 def test_synthetic_shared_key_equalities(env):
-  assert np.array_equal(env.context_vectors, env.item_vectors)
-  assert np.array_equal(env.mz, env.m0)
-  assert np.array_equal(env.c_x, env.c_a)
+  assert np.array_equal(_draws(env).context_vectors, _draws(env).item_vectors)
+  assert np.array_equal(_draws(env).mz, _draws(env).m0)
+  assert np.array_equal(_draws(env).c_x, _draws(env).c_a)
   assert np.array_equal(env.context_mz, env.context_m0)
-  assert not np.allclose(env.w, env.m0)
-  assert not np.allclose(env.context_vectors[1:], env.context_vectors[:-1])
+  assert not np.allclose(_draws(env).w, _draws(env).m0)
+  assert not np.allclose(_draws(env).context_vectors[1:], _draws(env).context_vectors[:-1])
 
 
 def test_synthetic_independent_keys(env, env_independent):
@@ -137,15 +144,15 @@ def test_synthetic_independent_keys(env, env_independent):
   assert e.shared_key is False
   for a, b in [('context_vectors', 'item_vectors'), ('m0', 'mz'),
                ('c_x', 'c_a'), ('w', 'm0'), ('w', 'mz')]:
-    diff = np.abs(_np(getattr(e, a)) - _np(getattr(e, b)))
+    diff = np.abs(_np(getattr(_draws(e), a)) - _np(getattr(_draws(e), b)))
     assert diff.min() > 0 or diff.mean() > 0.1, (a, b)
-    assert not np.allclose(getattr(e, a), getattr(e, b)), (a, b)
+    assert not np.allclose(getattr(_draws(e), a), getattr(_draws(e), b)), (a, b)
   # Deterministic given the seed; a new seed changes everything.
   again = make_synthetic_environment(0, shared_key=False)
   for x, y in zip(jax.tree_util.tree_leaves(e), jax.tree_util.tree_leaves(again)):
     assert np.array_equal(x, y)
   other = make_synthetic_environment(1, shared_key=False)
-  assert not np.allclose(other.context_vectors, e.context_vectors)
+  assert not np.allclose(_draws(other).context_vectors, _draws(e).context_vectors)
 
 
 @pytest.mark.parametrize('shared_key', [True, False])

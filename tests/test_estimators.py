@@ -18,13 +18,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cpg_jax import estimators
-from cpg_jax import rollout as rollout_lib
-from cpg_jax import sampling
+from cpg_jax.numerics import estimators
+from cpg_jax.numerics import rollout as rollout_lib
+from cpg_jax.training import interaction
+from cpg_jax.numerics import sampling
 from cpg_jax.environments.base import Environment
-from cpg_jax.late_stage import LSR_NAMES
-from cpg_jax.late_stage import LateStageRanker
-from cpg_jax.rollout import Rollout
+from cpg_jax.numerics.late_stage import LSR_NAMES
+from cpg_jax.numerics.late_stage import LateStageRanker
+from cpg_jax.numerics.rollout import Rollout
+from tests.helpers import table
 
 
 @pytest.fixture
@@ -166,6 +168,11 @@ class Enumeration:
     return jnp.log(probs @ contains.astype(np.float64))
 
 
+def on_array(loss_fn):
+  """A library loss (which takes a score table) as a function of the array."""
+  return lambda scores, rollout: loss_fn(table(scores), rollout)
+
+
 def tiny_problem(seed=0, num_items=5, num_models=1):
   rng = np.random.default_rng(seed)
   theta = rng.normal(size=(num_models, 1, num_items))
@@ -191,7 +198,7 @@ def test_vpg_is_unbiased(x64, num_models, num_candidates, num_outputs, lsr):
   enum = Enumeration(q, num_models, num_candidates, num_outputs, lsr)
   assert abs(float(jnp.sum(enum.list_probs(theta) * enum.weights)) - 1.0) < 1e-12
   true_grad = enum.true_gradient(theta)
-  expected = enum.expected_gradient(estimators.get_estimator("vpg"), theta)
+  expected = enum.expected_gradient(on_array(estimators.get_estimator("vpg")), theta)
   assert expected.shape == theta.shape
   assert float(jnp.max(jnp.abs(true_grad))) > 1e-2  # A non-trivial gradient.
   np.testing.assert_allclose(expected, -true_grad, rtol=0, atol=1e-8)
@@ -203,7 +210,7 @@ def test_other_estimators_are_biased(x64, name):
   theta, q = tiny_problem(1, 5, 1)
   enum = Enumeration(q, 1, 2, 1, "optimal")
   true_grad = -enum.true_gradient(theta)
-  expected = enum.expected_gradient(estimators.get_estimator(name), theta)
+  expected = enum.expected_gradient(on_array(estimators.get_estimator(name)), theta)
   gap = float(jnp.max(jnp.abs(expected - true_grad)))
   print(f"{name}: max |E[grad] - grad V| = {gap:.4f} "
         f"(|grad V|_max = {float(jnp.max(jnp.abs(true_grad))):.4f})")
@@ -225,7 +232,7 @@ def test_ca_with_exact_inclusion_is_unbiased_under_uniform_lsr(x64, num_candidat
 
   exact_ca = enum.expected_gradient(exact_ca_loss, theta)
   np.testing.assert_allclose(exact_ca, true_grad, rtol=0, atol=1e-8)
-  closed_ca = enum.expected_gradient(estimators.get_estimator("ca_pg"), theta)
+  closed_ca = enum.expected_gradient(on_array(estimators.get_estimator("ca_pg")), theta)
   assert float(jnp.max(jnp.abs(closed_ca - true_grad))) > 1e-3
 
 
@@ -267,9 +274,9 @@ def test_estimators_finite_with_extreme_scores(num_models, num_items, num_candid
 
   @jax.jit
   def run(key, env, scores, context_ids):
-    roll = rollout_lib.collect_rollout(
-        key, env, context_ids, scores, num_candidates, lsr, weights)
-    return {name: jax.value_and_grad(fn)(scores, roll)
+    roll = interaction.collect_rollout(
+        key, env, context_ids, table(scores), num_candidates, lsr, weights)
+    return {name: jax.value_and_grad(on_array(fn))(scores, roll)
             for name, fn in ESTIMATOR_VARIANTS.items()}
 
   for scale in (1.0, 1e3):

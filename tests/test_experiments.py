@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from cpg_jax import paper_experiments
-from cpg_jax import sweep
+from cpg_jax.experiments import paper as paper_experiments
+from cpg_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "kuairec_small_matrix.csv")
@@ -151,7 +151,7 @@ def test_bad_sweep_arguments_exit_2(tmp_path, capsys, args, expect):
 
 
 def run_sweep(*args):
-  return subprocess.run([sys.executable, "-m", "cpg_jax.sweep", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "cpg_jax.experiments.sweep", *args], cwd=REPO,
                         capture_output=True, text=True)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cpg_jax import noise
+from cpg_jax.numerics import noise
 from kernels import fused_topk
 from kernels import fused_topk_lse
 from kernels import fused_topk_lse_pallas

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpg_jax import log_space
-from cpg_jax import plackett_luce as pl
-from cpg_jax import sampling
-from cpg_jax.scores import as_scores
+from cpg_jax.numerics import log_space
+from cpg_jax.numerics import plackett_luce as pl
+from cpg_jax.numerics import sampling
+from tests.helpers import table
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def ref_prefix_excluding(scores: np.ndarray, item: int, num_slots: int, models) 
 
 
 def ref_ca_closed_form(scores: np.ndarray, item: int, num_candidates: int) -> float:
-  """log(1 - prod_k (1 - p_k(a))) of method.md §4.3, direct float64 evaluation.
+  """log(1 - prod_k (1 - p_k(a))) of docs/method.md §4.3, direct float64 evaluation.
 
   p_k(a) = exp(s^{m(k)}_a) / sum_{b not in T_{k-1}(a)} exp(s^{m(k)}_b).
   """
@@ -125,7 +125,7 @@ def exact_inclusion_by_enumeration(scores: np.ndarray, num_candidates: int) -> n
 
 def exact_inclusion_by_quadrature(scores: np.ndarray, num_candidates: int,
                                   grid_size: int = 6001) -> np.ndarray:
-  """P(a in C) for M = 1 from the Gumbel integral of method.md §4.6.
+  """P(a in C) for M = 1 from the Gumbel integral of docs/method.md §4.6.
 
   P(a in C) = E_{g_a}[ P(#{j != a : s_j + g_j > s_a + g_a} <= K-1) ]: a
   Poisson-binomial tail (dynamic programme over the other items) integrated
@@ -192,7 +192,7 @@ def test_sequential_log_prob_float64(x64, num_models, num_items, num_candidates,
   """float64: relative error <= 1e-5 against the brute-force product."""
   scores, lists = random_problem(1, num_models, 12, num_items, num_candidates, scale)
   models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
-  got, _ = evaluate(lambda s: pl.sequential_log_prob(s, jnp.asarray(lists), models),
+  got, _ = evaluate(lambda s: pl.sequential_log_prob(table(s), jnp.asarray(lists), models),
                     jnp.asarray(scores), with_grad=False)
   assert got.dtype == np.float64 and got.shape == (12,)
   ref = [ref_sequential_log_prob(scores[:, b], lists[b], models) for b in range(12)]
@@ -209,7 +209,7 @@ def test_sequential_log_prob_float32(num_models, num_items, num_candidates, scal
   models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
   s32 = jnp.asarray(scores, jnp.float32)
 
-  got, grad = evaluate(lambda s: pl.sequential_log_prob(s, jnp.asarray(lists), models), s32)
+  got, grad = evaluate(lambda s: pl.sequential_log_prob(table(s), jnp.asarray(lists), models), s32)
   assert got.dtype == np.float32
   ref = [ref_sequential_log_prob(scores[:, b], lists[b], models) for b in range(12)]
   err = rel_err(got, ref)
@@ -228,7 +228,7 @@ def test_sequential_log_prob_most_mass_drawn_float32():
   scores = np.array([[40.0, 39.0, 38.0, 0.0, -1.0, -2.0, 0.5]])
   lists = np.array([[0, 1, 2, 3, 5]], np.int32)
   models = sampling.slot_models((5,))
-  got, _ = evaluate(lambda s: pl.sequential_log_prob(s, jnp.asarray(lists), models),
+  got, _ = evaluate(lambda s: pl.sequential_log_prob(table(s), jnp.asarray(lists), models),
                     jnp.asarray(scores[:, None], jnp.float32))
   ref = ref_sequential_log_prob(scores, lists[0], models)
   assert abs(float(got[0]) - ref) <= 1e-4 * max(1.0, abs(ref)), (float(got[0]), ref)
@@ -243,7 +243,7 @@ def test_sequential_probabilities_sum_to_one(x64, num_models, num_items, num_can
   lists = all_lists(num_items, num_candidates)
   batched = jnp.broadcast_to(jnp.asarray(scores), (num_models, len(lists), num_items))
   models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
-  log_probs, _ = evaluate(lambda s: pl.sequential_log_prob(s, jnp.asarray(lists), models),
+  log_probs, _ = evaluate(lambda s: pl.sequential_log_prob(table(s), jnp.asarray(lists), models),
                           batched, with_grad=False)
   total = float(np.sum(np.exp(log_probs)))
   assert abs(total - 1.0) < 1e-12, total
@@ -255,13 +255,13 @@ def test_swr_log_prob(x64, num_models, num_items, num_candidates, scale):
   """V-PG-SwR's log-probability against the brute-force with-replacement product."""
   scores, lists = random_problem(3, num_models, 10, num_items, num_candidates, scale)
   models = sampling.slot_models(sampling.slot_counts(num_candidates, num_models))
-  got, _ = evaluate(lambda s: pl.swr_log_prob(s, jnp.asarray(lists), models),
+  got, _ = evaluate(lambda s: pl.swr_log_prob(table(s), jnp.asarray(lists), models),
                     jnp.asarray(scores), with_grad=False)
   ref = [ref_swr_log_prob(scores[:, b], lists[b], models) for b in range(10)]
   assert rel_err(got, ref).max() <= 1e-11
   # float32: value and gradient.
   s32 = jnp.asarray(scores, jnp.float32)
-  got32, grad = evaluate(lambda s: pl.swr_log_prob(s, jnp.asarray(lists), models), s32)
+  got32, grad = evaluate(lambda s: pl.swr_log_prob(table(s), jnp.asarray(lists), models), s32)
   assert rel_err(got32, ref).max() <= 1e-3
   assert np.all(np.isfinite(grad))
 
@@ -303,7 +303,7 @@ def test_ca_closed_form_matches_direct_formula(x64, num_models, num_items,
                                                num_candidates, scale):
   """ca_inclusion_log_prob == the §4.3 formula evaluated directly (float64)."""
   scores, items = ca_problem(4, num_models, num_items, num_candidates, scale)
-  got, _ = evaluate(lambda s: pl.ca_inclusion_log_prob(s, jnp.asarray(items), num_candidates),
+  got, _ = evaluate(lambda s: pl.ca_inclusion_log_prob(table(s), jnp.asarray(items), num_candidates),
                     jnp.asarray(scores), with_grad=False)
   assert got.shape == items.shape
   ref = np.array([[ref_ca_closed_form(scores[:, b], int(a), num_candidates)
@@ -321,7 +321,7 @@ def test_ca_closed_form_float32(num_models, num_items, num_candidates, scale):
   scores, items = ca_problem(5, num_models, num_items, num_candidates, scale)
   s32 = jnp.asarray(scores, jnp.float32)
   got, grad = evaluate(
-      lambda s: pl.ca_inclusion_log_prob(s, jnp.asarray(items), num_candidates), s32)
+      lambda s: pl.ca_inclusion_log_prob(table(s), jnp.asarray(items), num_candidates), s32)
   ref = np.array([[ref_ca_closed_form(scores[:, b], int(a), num_candidates)
                    for a in items[b]] for b in range(items.shape[0])])
   assert np.all(np.isfinite(got))
@@ -343,13 +343,13 @@ def test_ca_single_model_fast_path_equals_general_path(x64, num_candidates):
 
   @jax.jit
   def both_paths(scores, items):
-    top = sampling.top_candidates(scores, num_candidates)
+    top = sampling.top_candidates(table(scores), num_candidates)
     fast, _ = pl._prefix_excluding_single_model(top, items)  # [batch, L, K-1]
-    general, outside = pl._prefixes_excluding_multi_model(as_scores(scores), items, counts)
+    general, outside = pl._prefixes_excluding_multi_model(table(scores), items, counts)
     return (fast, general,
-            pl._closed_form_from_prefixes(scores, items, fast, models),
-            pl._closed_form_from_prefixes(scores, items, general, models, outside),
-            pl.ca_inclusion_log_prob(scores, items, num_candidates))
+            pl._closed_form_from_prefixes(table(scores), items, fast, models),
+            pl._closed_form_from_prefixes(table(scores), items, general, models, outside),
+            pl.ca_inclusion_log_prob(table(scores), items, num_candidates))
 
   fast, general, value_fast, value_general, public = both_paths(scores, items)
   np.testing.assert_array_equal(np.asarray(fast), np.asarray(general))
@@ -373,7 +373,7 @@ def test_multi_model_prefixes_match_the_slot_procedure(x64, num_models, num_cand
   counts = sampling.slot_counts(num_candidates, num_models)
   models = ref_models(num_candidates, num_models)
   prefixes, outside = jax.jit(
-      lambda s, i: pl._prefixes_excluding_multi_model(as_scores(s), i, counts))(
+      lambda s, i: pl._prefixes_excluding_multi_model(table(s), i, counts))(
           jnp.asarray(scores), jnp.asarray(items))
   assert prefixes.shape == (batch, outputs, num_candidates - 1)
   assert outside.shape == (num_models, batch, outputs)
@@ -392,7 +392,7 @@ def test_multi_model_ca_gradient_matches_float64_finite_differences(x64):
   rng = np.random.default_rng(7)
   scores = jnp.asarray(rng.normal(size=(3, 2, 9)))
   items = jnp.asarray([[0, 4], [8, 2]], jnp.int32)
-  fn = lambda s: jnp.sum(pl.ca_inclusion_log_prob(s, items, 6))
+  fn = lambda s: jnp.sum(pl.ca_inclusion_log_prob(table(s), items, 6))
   grad = np.asarray(jax.grad(fn)(scores))
   eps = 1e-6
   for index in [(0, 0, 0), (1, 0, 4), (2, 1, 8), (1, 1, 3), (0, 1, 2)]:
@@ -412,7 +412,7 @@ def test_ca_and_top1_equal_softmax_at_k1(x64, num_items):
   shifted = scores[0] - scores[0].max(axis=-1, keepdims=True)
   softmax = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
   for fn in (pl.ca_inclusion_log_prob, pl.top1_log_prob):
-    log_p, _ = evaluate(lambda s, fn=fn: fn(s, items, 1), jnp.asarray(scores),
+    log_p, _ = evaluate(lambda s, fn=fn: fn(table(s), items, 1), jnp.asarray(scores),
                         with_grad=False)
     got = np.exp(log_p)
     np.testing.assert_allclose(got, softmax, rtol=0, atol=1e-6, err_msg=fn.__name__)
@@ -439,13 +439,13 @@ def _mc_inclusion(seed, scores, num_candidates, num_draws):
   """Inclusion frequencies of a single-model context over `num_draws` samples."""
   batched = jnp.broadcast_to(jnp.asarray(scores, jnp.float32)[None, None, :],
                              (1, num_draws, scores.shape[0]))
-  cands = np.asarray(sampling.sample_candidates(jax.random.key(seed), batched, num_candidates))
+  cands = np.asarray(sampling.sample_candidates(jax.random.key(seed), table(batched), num_candidates))
   return np.bincount(cands.ravel(), minlength=scores.shape[0]) / num_draws
 
 
 def _closed_form_all_items(scores, num_candidates):
   items = jnp.arange(scores.shape[0], dtype=jnp.int32)[None]
-  log_p, _ = evaluate(lambda s: pl.ca_inclusion_log_prob(s, items, num_candidates),
+  log_p, _ = evaluate(lambda s: pl.ca_inclusion_log_prob(table(s), items, num_candidates),
                       jnp.asarray(scores)[None, None], with_grad=False)
   return np.exp(log_p)[0]
 
@@ -510,7 +510,7 @@ def test_closed_form_error_multi_model_mc(x64, num_models):
   mc = np.bincount(cands.ravel(), minlength=50) / num_draws
   np.testing.assert_allclose(mc.sum(), 10.0)
   items = jnp.arange(50, dtype=jnp.int32)[None]
-  log_p, _ = evaluate(lambda s: pl.ca_inclusion_log_prob(s, items, 10),
+  log_p, _ = evaluate(lambda s: pl.ca_inclusion_log_prob(table(s), items, 10),
                       jnp.asarray(scores)[:, None], with_grad=False)
   closed = np.exp(log_p)[0]
   _print_inclusion_table(f"CA-PG closed form, M={num_models} N=50 K=10, peaked scores "
@@ -537,11 +537,11 @@ def test_top1_log_prob_sum_and_logsumexp(x64, num_models, num_candidates):
     for b in range(5):
       log_norm = ref_log_normaliser(scores[m, b], np.ones(9, bool))
       terms[m, b] = counts[m] * (scores[m, b, items[b]] - log_norm)
-  got_sum, _ = evaluate(lambda s: pl.top1_log_prob(s, jnp.asarray(items), num_candidates),
+  got_sum, _ = evaluate(lambda s: pl.top1_log_prob(table(s), jnp.asarray(items), num_candidates),
                         jnp.asarray(scores), with_grad=False)
   np.testing.assert_allclose(got_sum, terms.sum(axis=0), rtol=1e-12)
-  got_lse, _ = evaluate(lambda s: pl.top1_log_prob(
-      s, jnp.asarray(items), num_candidates, combine="logsumexp"), jnp.asarray(scores),
+  got_lse, _ = evaluate(lambda s: pl.top1_log_prob(table(
+      s), jnp.asarray(items), num_candidates, combine="logsumexp"), jnp.asarray(scores),
       with_grad=False)
   top = terms.max(axis=0)
   ref_lse = top + np.log(np.exp(terms - top).sum(axis=0))
@@ -552,7 +552,8 @@ def test_top1_log_prob_sum_and_logsumexp(x64, num_models, num_candidates):
 
 def test_top1_log_prob_rejects_unknown_combine():
   with pytest.raises(ValueError, match="combine"):
-    pl.top1_log_prob(jnp.zeros((1, 2, 4)), jnp.zeros((2, 1), jnp.int32), 2, combine="max")
+    pl.top1_log_prob(table(jnp.zeros((1, 2, 4))), jnp.zeros((2, 1), jnp.int32), 2,
+                     combine="max")
 
 
 # ----------------------------------------------------------------------------
@@ -572,12 +573,12 @@ def test_all_log_probs_finite_with_extreme_scores(num_models, num_candidates):
   def all_values_and_grads(s, cands, worst):
     items = cands[:, :2]
     fns = {
-        "sequential": lambda s: pl.sequential_log_prob(s, cands, models),
-        "swr": lambda s: pl.swr_log_prob(s, cands, models),
-        "ca": lambda s: pl.ca_inclusion_log_prob(s, items, num_candidates),
-        "ca_worst": lambda s: pl.ca_inclusion_log_prob(s, worst, num_candidates),
-        "top1": lambda s: pl.top1_log_prob(s, items, num_candidates),
-        "top1_lse": lambda s: pl.top1_log_prob(s, worst, num_candidates, "logsumexp"),
+        "sequential": lambda s: pl.sequential_log_prob(table(s), cands, models),
+        "swr": lambda s: pl.swr_log_prob(table(s), cands, models),
+        "ca": lambda s: pl.ca_inclusion_log_prob(table(s), items, num_candidates),
+        "ca_worst": lambda s: pl.ca_inclusion_log_prob(table(s), worst, num_candidates),
+        "top1": lambda s: pl.top1_log_prob(table(s), items, num_candidates),
+        "top1_lse": lambda s: pl.top1_log_prob(table(s), worst, num_candidates, "logsumexp"),
     }
     return {name: (fn(s), jax.grad(lambda t, fn=fn: jnp.sum(fn(t)))(s))
             for name, fn in fns.items()}
@@ -587,7 +588,7 @@ def test_all_log_probs_finite_with_extreme_scores(num_models, num_candidates):
     shape = (num_models, batch, num_items)
     scores = jnp.asarray(scale * rng.choice([-1.0, 1.0], shape) * rng.uniform(0.5, 1.0, shape),
                          jnp.float32)
-    cands = sampling.sample_candidates(jax.random.key(0), scores, num_candidates)
+    cands = sampling.sample_candidates(jax.random.key(0), table(scores), num_candidates)
     worst = jnp.argsort(scores[0], axis=-1)[:, :2].astype(jnp.int32)  # Least likely items.
     results = all_values_and_grads(scores, cands, worst)
     for name, (value, grad) in results.items():
@@ -721,7 +722,7 @@ def test_ca_closed_form_compiles_to_top_k_not_a_full_sort(num_models):
   """
   scores = jnp.zeros((num_models, 16, 1000), jnp.float32)
   items = jnp.zeros((16, 2), jnp.int32)
-  fn = jax.jit(jax.grad(lambda s: jnp.sum(pl.ca_inclusion_log_prob(s, items, 10))))
+  fn = jax.jit(jax.grad(lambda s: jnp.sum(pl.ca_inclusion_log_prob(table(s), items, 10))))
   hlo = fn.lower(scores).compile().as_text()
   full_sorts = [line for line in hlo.splitlines() if " sort(" in line]
   assert not full_sorts, full_sorts[0][:200]

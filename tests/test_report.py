@@ -1,7 +1,7 @@
 """The report: table values, faceting, the PNG, and bad inputs.
 
 The runs are written by hand (config.json + metrics.jsonl in the format of
-`cpg_jax.metrics_log`) with known curves, so every number in the table is
+`cpg_jax.training.metrics_log`) with known curves, so every number in the table is
 known in advance.
 """
 
@@ -13,7 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from cpg_jax import report
+from cpg_jax.experiments import plots
+from cpg_jax.experiments import report
+from cpg_jax.experiments import runs as runs_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIMUM = 10.0
@@ -91,14 +93,14 @@ def test_facets_group_runs_and_order_rows(tmp_path):
       runs.append(write_run(tmp_path, f"{estimator}_{k}", [[1.0], [2.0]],
                             estimator=estimator, num_candidates=k, learning_rate=lr))
   loaded = [report.load_run(r) for r in runs]
-  groups = report.facet_groups(loaded, ("num_candidates",))
+  groups = runs_lib.facet_groups(loaded, ("num_candidates",))
   assert [values for values, _ in groups] == [(5,), (10,), (20,)]  # Numeric order.
   for (k,), members in groups:
     assert sorted(loaded[i]["config"]["num_candidates"] for i in members) == [k, k]
   # Within a panel the curves differ only by estimator (the learning rate follows it).
-  assert report.curve_labels(loaded, ("num_candidates",)) == ["CA-PG", "V-PG"] * 3
+  assert runs_lib.curve_labels(loaded, ("num_candidates",)) == ["CA-PG", "V-PG"] * 3
   # Without faceting, K tells the curves apart.
-  assert report.curve_labels(loaded)[0] == "CA-PG, K=20"
+  assert runs_lib.curve_labels(loaded)[0] == "CA-PG, K=20"
   rows = report.summary_rows(loaded, ("num_candidates",))
   assert [(r["columns"]["K"], r["columns"]["estimator"]) for r in rows] == [
       ("5", "V-PG"), ("5", "CA-PG"), ("10", "V-PG"), ("10", "CA-PG"),
@@ -112,13 +114,13 @@ def test_joint_facet_and_string_facet(tmp_path):
       runs.append(write_run(tmp_path, f"{lm}_{lsr}", [[1.0]], num_outputs=lm[0],
                             num_models=lm[1], lsr=lsr))
   loaded = [report.load_run(r) for r in runs]
-  groups = report.facet_groups(loaded, report.parse_facet("L,M"))
+  groups = runs_lib.facet_groups(loaded, report.parse_facet("L,M"))
   assert [v for v, _ in groups] == [(1, 1), (1, 5), (5, 1), (5, 5)]
   assert all(len(m) == 2 for _, m in groups)
-  assert report.facet_title(("num_outputs", "num_models"), (1, 5)) == "L = 1, M = 5"
-  lsr_groups = report.facet_groups(loaded, ("lsr",))
+  assert runs_lib.facet_title(("num_outputs", "num_models"), (1, 5)) == "L = 1, M = 5"
+  lsr_groups = runs_lib.facet_groups(loaded, ("lsr",))
   assert [v for v, _ in lsr_groups] == [("optimal",), ("anti",)]  # First appearance.
-  assert report.facet_title(("lsr",), ("anti",)) == "LSR: anti"
+  assert runs_lib.facet_title(("lsr",), ("anti",)) == "LSR: anti"
 
 
 def test_png_and_markdown_written(tmp_path):
@@ -155,14 +157,14 @@ def test_lsr_limited_runs_get_their_own_reference(tmp_path, monkeypatch):
     drawn.append((round(float(y), 6), kwargs.get("linestyle")))
     return original(ax, y, *args, **kwargs)
   monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy)
-  report.plot([report.load_run(limited), report.load_run(plain)], str(tmp_path / "p.png"),
+  plots.plot([report.load_run(limited), report.load_run(plain)], str(tmp_path / "p.png"),
               facet=("lsr",))
   assert (8.0, ":") in drawn and drawn.count((10.0, "-")) == 2
   assert sum(1 for y, style in drawn if style == ":") == 1  # only the uniform panel
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "cpg_jax.report", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "cpg_jax.experiments.report", *args], cwd=REPO,
                         capture_output=True, text=True)
 
 

@@ -1,7 +1,7 @@
 """Tests for `cpg_jax.sampling`: the Gumbel-top-k draw is an exact PL draw.
 
 The reference is the sequential multi-model Plackett-Luce definition of
-method.md §2, enumerated in NumPy float64: slot k's item is drawn with
+docs/method.md §2, enumerated in NumPy float64: slot k's item is drawn with
 probability exp(s^{m(k)}_c) / sum over not-yet-drawn items of exp(s^{m(k)}).
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cpg_jax import sampling
+from cpg_jax.numerics import sampling
+from tests.helpers import table
 
 NUM_DRAWS = 200_000
 MIN_P_VALUE = 1e-3
@@ -97,7 +98,7 @@ def list_frequencies(samples: np.ndarray, lists, num_items: int) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames="num_candidates")
 def _draw(key, scores, num_candidates):
-  return sampling.sample_candidates(key, scores, num_candidates)
+  return sampling.sample_candidates(key, table(scores), num_candidates)
 
 
 def draw_many(seed: int, scores: np.ndarray, num_candidates: int,
@@ -216,9 +217,9 @@ def test_sample_and_top_reject_more_models_than_candidates():
   """The samplers refuse M > K as well."""
   scores = jnp.zeros((3, 2, 6))
   with pytest.raises(ValueError):
-    sampling.sample_candidates(jax.random.key(0), scores, 2)
+    sampling.sample_candidates(jax.random.key(0), table(scores), 2)
   with pytest.raises(ValueError):
-    sampling.top_candidates(scores, 2)
+    sampling.top_candidates(table(scores), 2)
 
 
 def numpy_slot_procedure(scores: np.ndarray, num_candidates: int) -> np.ndarray:
@@ -235,7 +236,7 @@ def test_top_candidates_single_model_is_argsort():
   """M = 1: the deterministic list is the descending argsort."""
   rng = np.random.default_rng(3)
   scores = rng.normal(size=(1, 7, 20)).astype(np.float32)
-  top = np.asarray(sampling.top_candidates(jnp.asarray(scores), 6))
+  top = np.asarray(sampling.top_candidates(table(jnp.asarray(scores)), 6))
   assert top.dtype == np.int32 and top.shape == (7, 6)
   np.testing.assert_array_equal(top, np.argsort(-scores[0], axis=-1)[:, :6])
 
@@ -247,7 +248,7 @@ def test_top_candidates_multi_model_follows_slot_procedure(num_models, num_candi
   scores = rng.normal(size=(num_models, 9, 12)).astype(np.float32)
   # Make the models agree on some items so that removal matters.
   scores[1:, :, :4] = scores[0, :, :4]
-  top = np.asarray(sampling.top_candidates(jnp.asarray(scores), num_candidates))
+  top = np.asarray(sampling.top_candidates(table(jnp.asarray(scores)), num_candidates))
   for b in range(scores.shape[1]):
     np.testing.assert_array_equal(
         top[b], numpy_slot_procedure(scores[:, b], num_candidates), err_msg=f"row {b}")
@@ -259,7 +260,7 @@ def test_candidates_are_distinct(num_models, num_candidates, scale):
   """No item appears twice in a sampled list, also with ties and huge scores."""
   rng = np.random.default_rng(5)
   scores = jnp.asarray(scale * rng.normal(size=(num_models, 4000, 12)), jnp.float32)
-  cands = np.asarray(sampling.sample_candidates(jax.random.key(1), scores, num_candidates))
+  cands = np.asarray(sampling.sample_candidates(jax.random.key(1), table(scores), num_candidates))
   assert cands.shape == (4000, num_candidates) and cands.dtype == np.int32
   assert cands.min() >= 0 and cands.max() < 12
   sorted_c = np.sort(cands, axis=1)

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpg_jax import estimators
-from cpg_jax import noise
-from cpg_jax import rollout as rollout_lib
-from cpg_jax import sampling
-from cpg_jax.scores import BlockedScores, DenseScores
+import kernels
+from cpg_jax.numerics import estimators
+from cpg_jax.numerics import noise
+from cpg_jax.numerics import rollout as rollout_lib
+from cpg_jax.numerics import sampling
+from cpg_jax.numerics.scores import BlockedScores, DenseScores
 
 
 def _factors(num_models, batch, num_items, dim=4, scale=2.0, seed=0):
@@ -156,7 +157,7 @@ def test_blocked_top_k_through_the_pallas_kernel_equals_scan():
   contexts, items = _factors(1, 8, 300)
   key = jax.random.key(4)
   scan = BlockedScores(contexts, items, 128)
-  kernel = BlockedScores(contexts, items, 128, top_k_kernel="pallas")
+  kernel = BlockedScores(contexts, items, 128, fused_top_k=kernels.FusedTopK("pallas"))
   np.testing.assert_array_equal(sampling.sample_candidates(key, kernel, 7),
                                 sampling.sample_candidates(key, scan, 7))
   np.testing.assert_array_equal(sampling.top_candidates(kernel, 7),

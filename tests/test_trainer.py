@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cpg_jax import checkpointing
-from cpg_jax import config as config_lib
-from cpg_jax import experiment as experiment_lib
-from cpg_jax import loop
-from cpg_jax import metrics_log
-from cpg_jax import trainer
+from cpg_jax.training import checkpointing
+from cpg_jax.training import config as config_lib
+from cpg_jax.training import pipeline as pipeline_lib
+from cpg_jax.training import spec as spec_lib
+from cpg_jax.training import loop
+from cpg_jax.training import step as step_lib
+from cpg_jax.training import state as state_lib
+from tests.helpers import metrics_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_FIELDS = ("steps_per_sec",)
@@ -58,7 +60,7 @@ def _interrupt_at(message_part):
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("full"))
   states = loop.train_and_evaluate(tiny_config(), workdir, log=_quiet)
-  return states, metrics_log.read_metrics(workdir)
+  return states, metrics_records(workdir)
 
 
 @pytest.mark.parametrize("interrupt_message", [
@@ -71,10 +73,10 @@ def test_resume_is_bit_identical(tmp_path, uninterrupted, interrupt_message):
   with pytest.raises(_Interrupt):
     loop.train_and_evaluate(tiny_config(), workdir, log=_interrupt_at(interrupt_message))
   # The interrupted run left evaluation records past its last checkpoint.
-  assert metrics_log.read_metrics(workdir)[-1]["step"] == int(interrupt_message.split()[-1])
+  assert metrics_records(workdir)[-1]["step"] == int(interrupt_message.split()[-1])
   resumed = loop.train_and_evaluate(tiny_config(), workdir, log=_quiet)
   _assert_same_tree(resumed, full_states)
-  assert _without_timing(metrics_log.read_metrics(workdir)) == _without_timing(full_records)
+  assert _without_timing(metrics_records(workdir)) == _without_timing(full_records)
 
 
 def test_resume_between_chunks_and_extension(tmp_path, uninterrupted):
@@ -86,7 +88,7 @@ def test_resume_between_chunks_and_extension(tmp_path, uninterrupted):
   resumed = loop.train_and_evaluate(
       tiny_config(num_steps=60, log_every=5), workdir, log=_quiet)
   _assert_same_tree(resumed, full_states)
-  records = _without_timing(metrics_log.read_metrics(workdir))
+  records = _without_timing(metrics_records(workdir))
   # The shorter first invocation also evaluated at its last step, 30.
   assert [r["step"] for r in records] == [0, 20, 30, 40, 60]
   assert [r for r in records if r["step"] != 30] == _without_timing(full_records)
@@ -107,19 +109,19 @@ def test_metrics_record_fields(uninterrupted):
 
 def test_vmapped_seeds_match_single_seed_runs():
   config = tiny_config(num_seeds=3)
-  experiment = experiment_lib.build_experiment(config)
-  chunk = trainer.make_train_chunk(experiment)
-  together, _ = chunk(trainer.init_states(experiment, [0, 1, 2]), experiment.env, 25)
+  pipeline, env = pipeline_lib.from_config(config)
+  chunk = step_lib.make_train_chunk(pipeline)
+  together, _ = chunk(state_lib.init_states(pipeline, [0, 1, 2]), env, 25)
   for index, seed in enumerate([0, 1, 2]):
-    alone, _ = chunk(trainer.init_states(experiment, [seed]), experiment.env, 25)
+    alone, _ = chunk(state_lib.init_states(pipeline, [seed]), env, 25)
     for x, y in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone.params)):
       np.testing.assert_allclose(np.asarray(x)[index], np.asarray(y)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_injected_non_finite_gradient_freezes_one_seed():
   config = tiny_config(num_seeds=3)
-  experiment = experiment_lib.build_experiment(config)
-  bad_key = np.asarray(trainer.init_state(experiment, 1).key_data)
+  pipeline, env = pipeline_lib.from_config(config)
+  bad_key = np.asarray(state_lib.init_state(pipeline, 1).key_data)
   fail_at = 7
 
   def poisoned_step(exp, env, state):
@@ -127,13 +129,13 @@ def test_injected_non_finite_gradient_freezes_one_seed():
     poison = jnp.where(bad, jnp.nan, 1.0)
     clean_loss = exp.loss_fn
     exp = dataclasses.replace(exp, loss_fn=lambda s, r: clean_loss(s, r) * poison)
-    return trainer.train_step(exp, env, state)
+    return step_lib.train_step(exp, env, state)
 
-  initial = trainer.init_states(experiment, [0, 1, 2])
-  clean, _ = trainer.make_train_chunk(experiment)(initial, experiment.env, 20)
-  poisoned_chunk = trainer.make_train_chunk(experiment, poisoned_step)
-  before, _ = poisoned_chunk(initial, experiment.env, fail_at)
-  poisoned, metrics = poisoned_chunk(initial, experiment.env, 20)
+  initial = state_lib.init_states(pipeline, [0, 1, 2])
+  clean, _ = step_lib.make_train_chunk(pipeline)(initial, env, 20)
+  poisoned_chunk = step_lib.make_train_chunk(pipeline, poisoned_step)
+  before, _ = poisoned_chunk(initial, env, fail_at)
+  poisoned, metrics = poisoned_chunk(initial, env, 20)
 
   np.testing.assert_array_equal(np.asarray(poisoned.diverged), [False, True, False])
   np.testing.assert_array_equal(np.asarray(poisoned.diverged_step), [-1, fail_at, -1])
@@ -150,18 +152,18 @@ def test_injected_non_finite_gradient_freezes_one_seed():
 
 def test_divergence_is_recorded_in_metrics(tmp_path):
   config = tiny_config(num_steps=20, eval_every=10, checkpoint_every=20)
-  experiment = experiment_lib.build_experiment(config)
-  bad_key = np.asarray(trainer.init_state(experiment, 0).key_data)
+  pipeline, env = pipeline_lib.from_config(config)
+  bad_key = np.asarray(state_lib.init_state(pipeline, 0).key_data)
 
   def poisoned_step(exp, env, state):
     bad = jnp.all(state.key_data == bad_key) & (state.step == 3)
     clean_loss = exp.loss_fn
     exp = dataclasses.replace(
         exp, loss_fn=lambda s, r: clean_loss(s, r) + jnp.where(bad, jnp.inf, 0.0))
-    return trainer.train_step(exp, env, state)
+    return step_lib.train_step(exp, env, state)
 
   loop.train_and_evaluate(config, str(tmp_path), step_fn=poisoned_step, log=_quiet)
-  records = metrics_log.read_metrics(str(tmp_path))
+  records = metrics_records(str(tmp_path))
   assert records[0]["diverged"] == [None, None]
   assert records[-1]["diverged"] == [3, None]
 
@@ -205,7 +207,7 @@ def test_cli_overrides_reach_the_loop(tmp_path):
     saved = json.load(f)
   assert (saved["num_steps"], saved["batch_size"], saved["env"]["num_items"],
           saved["num_candidates"], saved["estimator"]) == (20, 8, 60, 4, "vpg")
-  records = metrics_log.read_metrics(workdir)
+  records = metrics_records(workdir)
   assert [r["step"] for r in records] == [0, 10, 20]
   assert len(records[-1]["policy_value"]) == 2
   assert "Learning curves:" in result.stdout
@@ -236,10 +238,10 @@ def test_blocked_score_path_trains_like_dense(estimator):
   results = {}
   for path in ("dense", "blocked"):
     config = tiny_config(score_path=path, item_block_size=16, estimator=estimator)
-    experiment = experiment_lib.build_experiment(config)
-    assert experiment.uses_blocked_scores(config.batch_size) == (path == "blocked")
-    chunk = trainer.make_train_chunk(experiment)
-    results[path], _ = chunk(trainer.init_states(experiment, [0, 1]), experiment.env, 20)
+    pipeline, env = pipeline_lib.from_config(config)
+    assert pipeline.uses_blocked_scores(config.batch_size) == (path == "blocked")
+    chunk = step_lib.make_train_chunk(pipeline)
+    results[path], _ = chunk(state_lib.init_states(pipeline, [0, 1]), env, 20)
   for x, y in zip(jax.tree.leaves(results["dense"].params),
                   jax.tree.leaves(results["blocked"].params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
@@ -248,11 +250,11 @@ def test_blocked_score_path_trains_like_dense(estimator):
 def test_feature_towers_train():
   """config.tower_layers puts Dense layers on both towers, and they train."""
   config = tiny_config(tower_layers=(16, 8), num_seeds=1)
-  experiment = experiment_lib.build_experiment(config)
-  state = trainer.init_state(experiment, 0)
+  pipeline, env = pipeline_lib.from_config(config)
+  state = state_lib.init_state(pipeline, 0)
   assert "dense_1" in state.params["item_tower_0"]
-  chunk = trainer.make_train_chunk(experiment)
-  states, metrics = chunk(trainer.init_states(experiment, [0]), experiment.env, 5)
+  chunk = step_lib.make_train_chunk(pipeline)
+  states, metrics = chunk(state_lib.init_states(pipeline, [0]), env, 5)
   assert np.all(np.asarray(metrics["finite"]))
 
 
@@ -269,9 +271,9 @@ def test_rerunning_a_finished_run_is_accepted(tmp_path):
 def test_every_optimizer_with_clip_and_schedule_trains(optimizer):
   config = tiny_config(optimizer=optimizer, grad_clip_norm=1.0, lr_schedule="warmup_cosine",
                        warmup_steps=2, num_seeds=1, num_steps=6)
-  experiment = experiment_lib.build_experiment(config)
-  initial = trainer.init_states(experiment, [0])
-  states, metrics = trainer.make_train_chunk(experiment)(initial, experiment.env, 4)
+  pipeline, env = pipeline_lib.from_config(config)
+  initial = state_lib.init_states(pipeline, [0])
+  states, metrics = step_lib.make_train_chunk(pipeline)(initial, env, 4)
   assert np.all(np.asarray(metrics["finite"]))
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
            for a, b in zip(jax.tree.leaves(states.params), jax.tree.leaves(initial.params))]
@@ -282,7 +284,7 @@ def test_adagrad_uses_pytorch_defaults():
   """Accumulator starts at 0: the first Adagrad step is lr * g / |g| per entry."""
   import optax
   config = tiny_config(learning_rate=0.5)
-  opt = experiment_lib.build_optimizer(config)
+  opt = pipeline_lib.build_optimizer(spec_lib.from_config(config).optimizer)
   params = {"w": jnp.array([3.0, -0.2])}
   updates, _ = opt.update({"w": jnp.array([2.0, -0.1])}, opt.init(params), params)
   np.testing.assert_allclose(optax.apply_updates(params, updates)["w"], [2.5, 0.3], rtol=1e-6)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from cpg_jax.user_errors import UserError
 
-class DataFileError(ValueError):
+
+class DataFileError(UserError, ValueError):
   """A data file is missing or malformed.
 
   The message always names the file and says what is wrong with it (and, for a

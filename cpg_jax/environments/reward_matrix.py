@@ -1,4 +1,4 @@
-"""Real-data environment: a dense user x item reward matrix (method.md §5.2).
+"""Real-data environment: a dense user x item reward matrix (docs/method.md §5.2).
 
 The published real-data setting is KuaiRec's `small_matrix.csv` (1,411 users x
 3,327 videos, almost fully observed), pivoted to a dense matrix Q of clipped
@@ -133,7 +133,7 @@ class RewardMatrixEnvironment(base.Environment):
 # ----------------------------------------------------------------- builders --
 
 
-def _check_noise_std(noise_std) -> float:
+def check_noise_std(noise_std) -> float:
   if (
       isinstance(noise_std, (bool, np.bool_))
       or not isinstance(noise_std, numbers.Real)
@@ -161,7 +161,7 @@ def make_reward_matrix_environment(
     ValueError: the matrix is not a non-empty 2-D finite real array, or
       noise_std is out of range.
   """
-  noise_std = _check_noise_std(noise_std)
+  noise_std = check_noise_std(noise_std)
   a = np.asarray(matrix)
   if a.ndim != 2:
     raise ValueError(f'matrix must be 2-D [users, items], got shape {a.shape}')
@@ -197,7 +197,7 @@ def make_kuairec_environment(
 
   See `load_kuairec_matrix` for the file format and preprocessing.
   """
-  noise_std = _check_noise_std(noise_std)
+  noise_std = check_noise_std(noise_std)
   matrix, _, _ = load_kuairec_matrix(path, clip_max=clip_max)
   return make_reward_matrix_environment(matrix, noise_std=noise_std)
 
@@ -205,7 +205,7 @@ def make_kuairec_environment(
 # ------------------------------------------------------------------ loaders --
 
 
-def _check_file(path: str) -> None:
+def check_data_file(path: str) -> None:
   if not os.path.exists(path):
     raise DataFileError(path, 'file not found')
   if not os.path.isfile(path):
@@ -214,7 +214,7 @@ def _check_file(path: str) -> None:
     raise DataFileError(path, 'is empty (0 bytes)')
 
 
-def _read_first_line(path: str) -> str:
+def read_first_line(path: str) -> str:
   try:
     with open(path, newline='', encoding='utf-8-sig') as f:
       return f.readline()
@@ -222,7 +222,7 @@ def _read_first_line(path: str) -> str:
     raise DataFileError(path, f'is not UTF-8 text ({err})') from err
 
 
-def _first_appearance(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def first_appearance(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Dense indices in order of first appearance.
 
   Args:
@@ -240,7 +240,7 @@ def _first_appearance(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _kuairec_columns(path: str) -> tuple[int, int, int]:
   """Validates the header and returns the column indices of KUAIREC_COLUMNS."""
-  first = _read_first_line(path)
+  first = read_first_line(path)
   if not first.strip():
     raise DataFileError(path, 'is empty (no header line)')
   header = [name.strip() for name in next(csv.reader([first]))]
@@ -260,18 +260,30 @@ def _kuairec_columns(path: str) -> tuple[int, int, int]:
   return tuple(indices)
 
 
-def _check_kuairec_value(name: str, text: str) -> str | None:
-  """The problem with one field's text, or None. Same rules as the fast path."""
+def parse_finite(name: str, text: str) -> tuple[float | None, str | None]:
+  """(value, None) for a finite number's text, else (None, the problem)."""
   try:
     value = float(text)
   except ValueError:
-    return f'{name} value {text!r} is not a number'
+    return None, f'{name} value {text!r} is not a number'
   if not math.isfinite(value):
-    return f'{name} value {text!r} is not a finite number'
-  if name == 'watch_ratio':
-    return None
+    return None, f'{name} value {text!r} is not a finite number'
+  return value, None
+
+
+def _check_kuairec_value(name: str, text: str) -> str | None:
+  """The problem with one field's text, or None. Same rules as the fast path."""
+  value, problem = parse_finite(name, text)
+  if problem:
+    return problem
+  return None if name == 'watch_ratio' else id_problem(name, text, value)
+
+
+def id_problem(name: str, text: str, value: float) -> str | None:
+  """The problem with an id field (a finite number), or None: ids are
+  non-negative integers up to 2**53 (exact in float64)."""
   if value != math.floor(value):
-    return f'{name} value {text!r} is not an integer'
+    return f'{name} value {text!r} is not an integer (ids must be integers)'
   if value < 0:
     return f'negative {name} {text!r} (ids must be >= 0)'
   if value > _MAX_EXACT_ID:
@@ -316,7 +328,7 @@ def load_kuairec_matrix(
   timestamp, ...) are ignored and may hold anything without a comma (or
   be quoted). Blank lines are skipped.
 
-  Preprocessing (method.md §5.2):
+  Preprocessing (docs/method.md §5.2):
     - watch_ratio is clipped to [0, clip_max];
     - user ids and video ids are mapped to dense indices 0.. in order of first
       appearance in the file;
@@ -353,9 +365,34 @@ def load_kuairec_matrix(
     raise ValueError(f'clip_max must be a finite number > 0 or None, got '
                      f'{clip_max!r}')
   path = os.fspath(path)
-  _check_file(path)
-  columns = _kuairec_columns(path)
+  check_data_file(path)
+  users, videos, ratio = _read_kuairec_columns(path)
+  user_ids, u = first_appearance(users.astype(np.int64))
+  item_ids, v = first_appearance(videos.astype(np.int64))
+  num_users, num_items = len(user_ids), len(item_ids)
+  if num_users > _MAX_SIZE or num_items > _MAX_SIZE:
+    raise DataFileError(path, f'has {num_users} users x {num_items} items; at '
+                        'most 2**31 - 1 of each are supported')
 
+  num_above = int((ratio > clip_max).sum()) if clip_max is not None else 0
+  num_below = int((ratio < 0).sum())
+  ratio = np.clip(ratio, 0.0, clip_max)
+  q, num_observed = pivot_keep_last(u, v, ratio, (num_users, num_items))
+  num_duplicates = len(u) - num_observed
+  _logger.log(
+      logging.WARNING if num_duplicates else logging.INFO,
+      '%s: %d data rows -> %d users x %d videos, %d of %d pairs observed; '
+      '%d duplicated (user, video) lines (kept the last); watch_ratio clipped '
+      'to [0, %s]: %d below, %d above.',
+      path, len(u), num_users, num_items, num_observed,
+      num_users * num_items, num_duplicates, clip_max, num_below, num_above)
+  return q, user_ids, item_ids
+
+
+def _read_kuairec_columns(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(user_id, video_id, watch_ratio) of every data line, float64 `[rows]`
+  each, checked (ids non-negative integers, ratios finite)."""
+  columns = _kuairec_columns(path)
   with warnings.catch_warnings():
     # "input contained no data" is turned into a DataFileError below.
     warnings.simplefilter('ignore', UserWarning)
@@ -376,37 +413,35 @@ def load_kuairec_matrix(
   if not ids_ok or not np.isfinite(ratio).all():
     _locate_kuairec_problem(path, columns)
     raise DataFileError(path, 'has an invalid id or watch_ratio value')
+  return users, videos, ratio
 
-  user_ids, u = _first_appearance(users.astype(np.int64))
-  item_ids, v = _first_appearance(videos.astype(np.int64))
-  num_users, num_items = len(user_ids), len(item_ids)
-  if num_users > _MAX_SIZE or num_items > _MAX_SIZE:
-    raise DataFileError(path, f'has {num_users} users x {num_items} items; at '
-                        'most 2**31 - 1 of each are supported')
 
-  num_above = int((ratio > clip_max).sum()) if clip_max is not None else 0
-  num_below = int((ratio < 0).sum())
-  ratio = np.clip(ratio, 0.0, clip_max)
+def pivot_keep_last(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                    shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+  """A dense float32 matrix of `shape` from (row, col, value) triples.
 
-  # Keep the last line of each (user, video) pair: its first occurrence in
-  # the reversed order. (NumPy does not promise an order for repeated indices
-  # in a fancy assignment, so the duplicates are removed explicitly.)
-  flat = u * num_items + v
-  unique_flat, first_in_reversed = np.unique(flat[::-1], return_index=True)
-  keep = len(flat) - 1 - first_in_reversed
-  q = np.zeros(num_users * num_items, np.float32)
-  q[flat[keep]] = ratio[keep]
-  q = q.reshape(num_users, num_items)
+  Unobserved entries are 0; a (row, col) pair given several times keeps the
+  value of its LAST occurrence.
 
-  num_duplicates = len(flat) - len(unique_flat)
-  _logger.log(
-      logging.WARNING if num_duplicates else logging.INFO,
-      '%s: %d data rows -> %d users x %d videos, %d of %d pairs observed; '
-      '%d duplicated (user, video) lines (kept the last); watch_ratio clipped '
-      'to [0, %s]: %d below, %d above.',
-      path, len(flat), num_users, num_items, len(unique_flat),
-      num_users * num_items, num_duplicates, clip_max, num_below, num_above)
-  return q, user_ids, item_ids
+  Args:
+    rows, cols: int `[n]` dense indices; values: `[n]`.
+  Returns:
+    (matrix float32 `shape`, number of distinct observed pairs).
+  """
+  flat = rows * shape[1] + cols
+  keep = last_occurrences(flat)
+  matrix = np.zeros(shape[0] * shape[1], np.float32)
+  matrix[flat[keep]] = values[keep]
+  return matrix.reshape(shape), len(keep)
+
+
+def last_occurrences(keys: np.ndarray) -> np.ndarray:
+  """Indices of the last occurrence of each distinct key, ascending: int `[distinct]`."""
+  # The last occurrence is the first in the reversed order. (NumPy does not
+  # promise an order for repeated indices in a fancy assignment, so
+  # duplicates are removed explicitly.)
+  _, first_in_reversed = np.unique(keys[::-1], return_index=True)
+  return np.sort(len(keys) - 1 - first_in_reversed)
 
 
 def _locate_dense_csv_problem(path: str, skip: int) -> None:
@@ -437,7 +472,7 @@ def _locate_dense_csv_problem(path: str, skip: int) -> None:
 
 
 def _load_dense_csv(path: str) -> np.ndarray:
-  first = _read_first_line(path)
+  first = read_first_line(path)
   if not first.strip():
     raise DataFileError(path, 'is empty (first line is blank)')
   try:
@@ -477,7 +512,7 @@ def load_dense_matrix(path: str | os.PathLike[str]) -> np.ndarray:
       content, not 2-D, empty, non-numeric, or NaN / inf entries.
   """
   path = os.fspath(path)
-  _check_file(path)
+  check_data_file(path)
   ext = os.path.splitext(path)[1].lower()
   if ext == '.npy':
     try:

@@ -1,4 +1,4 @@
-"""The synthetic environment of the published experiments (method.md §5.1).
+"""The synthetic environment of the published experiments (docs/method.md).
 
 A fixed world built once from one seed:
 
@@ -13,13 +13,17 @@ Everything that depends on the context alone is precomputed at build time
 (x M0, x Mz, x W and the context half of eta, which factorises), so q and the
 reward of one (context, item) pair cost two or three O(d) dot products, and a
 catalogue of millions of items is scored in item blocks without ever holding a
-dense `[contexts, items]` matrix.
+dense `[contexts, items]` matrix. The generator's own draws (x, e, M0, Mz,
+W, c_x, c_a) are not kept in the environment (only the precomputed tables a
+step reads are); `draw_components` returns them for tests and analysis.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+
+from typing import NamedTuple
 
 import chex
 from flax import struct
@@ -29,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cpg_jax.environments import base
+from cpg_jax.numerics import blocked
 
 # The contractions here are over d ~ 10, so exact float32 costs nothing, while
 # the reduced-precision default of some accelerators (TF32, bf16 passes) would
@@ -45,13 +50,7 @@ class SyntheticEnvironment(base.Environment):
   Build it with `make_synthetic_environment`; the constructor does no checks.
 
   Leaves (float32):
-    context_vectors: `[contexts, dim]` x_u, unit rows.
     item_vectors: `[items, dim]` e_a, unit rows.
-    m0: `[dim, dim]` M0, unit rows.
-    mz: `[dim, dim]` the latent Mz, unit rows.
-    w: `[dim, dim]` W of the reward noise.
-    c_x: `[dim]` context reactiveness direction.
-    c_a: `[dim]` item reactiveness direction.
     context_m0: `[contexts, dim]` x_u @ M0.
     context_mz: `[contexts, dim]` x_u @ Mz.
     context_w: `[contexts, dim]` x_u @ W.
@@ -60,6 +59,7 @@ class SyntheticEnvironment(base.Environment):
       context_eta_root[u] * item_eta_root[a].
 
   Static fields:
+    seed: the seed the world was drawn from (`draw_components` redraws it).
     num_contexts, num_items, dim: sizes.
     reward_scale: the factor in front of the bilinear form (10 in the paper).
     shared_key: True if the build reused PRNG keys the way the published
@@ -70,18 +70,13 @@ class SyntheticEnvironment(base.Environment):
       bytes) that `optimal_items` and `expected_score_all` may build.
   """
 
-  context_vectors: jax.Array
   item_vectors: jax.Array
-  m0: jax.Array
-  mz: jax.Array
-  w: jax.Array
-  c_x: jax.Array
-  c_a: jax.Array
   context_m0: jax.Array
   context_mz: jax.Array
   context_w: jax.Array
   context_eta_root: jax.Array
   item_eta_root: jax.Array
+  seed: int = struct.field(pytree_node=False)
   num_contexts: int = struct.field(pytree_node=False)
   num_items: int = struct.field(pytree_node=False)
   dim: int = struct.field(pytree_node=False)
@@ -236,44 +231,20 @@ class SyntheticEnvironment(base.Environment):
     return self._optimal_items_blocked(context_ids, int(k))
 
   def _optimal_items_blocked(self, context_ids: jax.Array, k: int) -> jax.Array:
-    n = self.num_items
-    block = min(self.block_size, n)
-    num_blocks = -(-n // block)
-    block_k = min(k, block)
     xm0 = self.context_m0[context_ids]
     xmz = self.context_mz[context_ids]
     gx = self.context_eta_root[context_ids]
-    batch = context_ids.shape[0]
-    dtype = xm0.dtype
+    _, size = blocked.layout(self.num_items, self.block_size)
 
-    def scan_block(carry, b):
-      best_q, best_ids = carry
-      # dynamic_slice clamps the last block's start back to n - block instead
-      # of reading past the end; its items before the intended start belong
-      # to the previous block, so they are masked rather than counted twice.
-      # (This avoids a padded copy of the item table.)
-      start = b * block
-      first = jnp.minimum(start, n - block)
-      e = lax.dynamic_slice_in_dim(self.item_vectors, first, block, axis=0)
-      ga = lax.dynamic_slice_in_dim(self.item_eta_root, first, block, axis=0)
-      ids = first + jnp.arange(block, dtype=jnp.int32)
+    def body(best, block):
+      e = blocked.rows(self.item_vectors, block, size)
+      ga = blocked.rows(self.item_eta_root, block, size)
       q = self._q(xm0, xmz, gx, e, ga, 'bd,nd->bn')
-      q = jnp.where(ids >= start, q, -jnp.inf)
-      block_q, pos = lax.top_k(q, block_k)
-      # Running ids come first, so ties keep the lower id as in the dense path.
-      merged_q = jnp.concatenate([best_q, block_q], axis=1)
-      merged_ids = jnp.concatenate([best_ids, ids[pos]], axis=1)
-      top_q, top_pos = lax.top_k(merged_q, k)
-      top_ids = jnp.take_along_axis(merged_ids, top_pos, axis=1)
-      return (top_q, top_ids), None
+      q = jnp.where(block.fresh, q, -jnp.inf)
+      return blocked.merge_top_k(*best, q, block.ids, k), None
 
-    init = (
-        jnp.full((batch, k), -jnp.inf, dtype),
-        jnp.full((batch, k), -1, jnp.int32),
-    )
-    (_, ids), _ = lax.scan(
-        scan_block, init, jnp.arange(num_blocks, dtype=jnp.int32)
-    )
+    init = blocked.empty_top_k(context_ids.shape[0], k, xm0.dtype)
+    (_, ids), _ = blocked.scan(body, init, self.num_items, self.block_size)
     return ids
 
 
@@ -292,6 +263,52 @@ def _unit_rows(a: jax.Array) -> jax.Array:
   return a / jnp.linalg.norm(a, axis=-1, keepdims=True)
 
 
+class SyntheticDraws(NamedTuple):
+  """The generator's random components (float32), from which the tables are built.
+
+  Attributes:
+    context_vectors: `[contexts, dim]` x_u, unit rows.
+    item_vectors: `[items, dim]` e_a, unit rows.
+    m0: `[dim, dim]` M0, unit rows.
+    mz: `[dim, dim]` the latent Mz, unit rows.
+    w: `[dim, dim]` W of the reward noise.
+    c_x: `[dim]` context reactiveness direction.
+    c_a: `[dim]` item reactiveness direction.
+  """
+
+  context_vectors: jax.Array
+  item_vectors: jax.Array
+  m0: jax.Array
+  mz: jax.Array
+  w: jax.Array
+  c_x: jax.Array
+  c_a: jax.Array
+
+
+def draw_components(seed: int, num_contexts: int, num_items: int, dim: int,
+                    shared_key: bool) -> SyntheticDraws:
+  """The components of the generator, as `make_synthetic_environment` draws them.
+
+  The seed's key is split into one key per component; with `shared_key` the
+  item vectors reuse the context key, Mz the M0 key and c_a the c_x key (see
+  `make_synthetic_environment`). Arguments are not checked here.
+  """
+  f32 = jnp.float32
+  keys = jax.random.split(jax.random.key(seed), 7)
+  k_ctx, k_item, k_m0, k_mz, k_cx, k_ca, k_w = (keys[i] for i in range(7))
+  if shared_key:
+    k_item, k_mz, k_ca = k_ctx, k_m0, k_cx
+  return SyntheticDraws(
+      context_vectors=_unit_rows(jax.random.uniform(k_ctx, (num_contexts, dim), f32, -1.0, 1.0)),
+      item_vectors=_unit_rows(jax.random.uniform(k_item, (num_items, dim), f32, -1.0, 1.0)),
+      m0=_unit_rows(jax.random.normal(k_m0, (dim, dim), f32)),
+      mz=_unit_rows(jax.random.normal(k_mz, (dim, dim), f32)),
+      w=jax.random.normal(k_w, (dim, dim), f32),
+      c_x=jax.random.normal(k_cx, (dim,), f32),
+      c_a=jax.random.normal(k_ca, (dim,), f32),
+  )
+
+
 def make_synthetic_environment(
     seed: int,
     *,
@@ -304,7 +321,7 @@ def make_synthetic_environment(
     block_size: int = 65536,
     dense_budget_bytes: int = 256 * 2**20,
 ) -> SyntheticEnvironment:
-  """Builds the synthetic environment of method.md §5.1 from one seed.
+  """Builds the synthetic environment of docs/method.md §5.1 from one seed.
 
   The seed's key is split into one key per component: context vectors, item
   vectors, M0, Mz, c_x, c_a, W. With `shared_key=True` (the default,
@@ -356,41 +373,24 @@ def make_synthetic_environment(
   block_size = _check_int('block_size', block_size, 1, _MAX_ID)
   dense_budget_bytes = _check_int('dense_budget_bytes', dense_budget_bytes, 0)
 
-  d = context_dim
-  f32 = jnp.float32
-  keys = jax.random.split(jax.random.key(seed), 7)
-  k_ctx, k_item, k_m0, k_mz, k_cx, k_ca, k_w = (keys[i] for i in range(7))
-  if shared_key:
-    k_item, k_mz, k_ca = k_ctx, k_m0, k_cx
-
-  x = _unit_rows(jax.random.uniform(k_ctx, (num_contexts, d), f32, -1.0, 1.0))
-  e = _unit_rows(jax.random.uniform(k_item, (num_items, d), f32, -1.0, 1.0))
-  m0 = _unit_rows(jax.random.normal(k_m0, (d, d), f32))
-  mz = _unit_rows(jax.random.normal(k_mz, (d, d), f32))
-  c_x = jax.random.normal(k_cx, (d,), f32)
-  c_a = jax.random.normal(k_ca, (d,), f32)
-  w = jax.random.normal(k_w, (d, d), f32)
+  draws = draw_components(seed, num_contexts, num_items, context_dim, shared_key)
+  x, e = draws.context_vectors, draws.item_vectors
 
   def dot(a, b):
     return jnp.matmul(a, b, precision=_EXACT)
 
   # eta = sqrt(s_x * s_a) = sqrt(s_x) * sqrt(s_a): one factor per side.
   return SyntheticEnvironment(
-      context_vectors=x,
       item_vectors=e,
-      m0=m0,
-      mz=mz,
-      w=w,
-      c_x=c_x,
-      c_a=c_a,
-      context_m0=dot(x, m0),
-      context_mz=dot(x, mz),
-      context_w=dot(x, w),
-      context_eta_root=jnp.sqrt(jax.nn.sigmoid(dot(x, c_x) + 3.0)),
-      item_eta_root=jnp.sqrt(jax.nn.sigmoid(dot(e, c_a) + 3.0)),
+      context_m0=dot(x, draws.m0),
+      context_mz=dot(x, draws.mz),
+      context_w=dot(x, draws.w),
+      context_eta_root=jnp.sqrt(jax.nn.sigmoid(dot(x, draws.c_x) + 3.0)),
+      item_eta_root=jnp.sqrt(jax.nn.sigmoid(dot(e, draws.c_a) + 3.0)),
+      seed=seed,
       num_contexts=num_contexts,
       num_items=num_items,
-      dim=d,
+      dim=context_dim,
       reward_scale=float(reward_scale),
       shared_key=bool(shared_key),
       block_size=block_size,

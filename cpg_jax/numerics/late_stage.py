@@ -1,4 +1,4 @@
-"""The late-stage rankers (method.md §3).
+"""The late-stage rankers (docs/method.md §3).
 
 A late-stage ranker (LSR) reads the K candidates of each context together with
 their true expected scores q and returns L of them, in order. It is fixed (no

@@ -1,17 +1,17 @@
 """Run a grid of configurations, one workdir per point, each resumable.
 
-  # A published experiment (method.md §6; the table is cpg_jax/paper_experiments.py)
-  python -m cpg_jax.sweep --experiment=a --root=runs/paper_a
-  python -m cpg_jax.sweep --experiment=b --root=runs/paper_b --publish=docs/results/b \\
-      -- --config.num_seeds=3 --config.num_steps=100000
-  python -m cpg_jax.sweep --experiment=d --root=runs/paper_d \\
+  # A published experiment (the table is cpg_jax/experiments/paper.py)
+  python -m cpg_jax.experiments.sweep --experiment=a --root=runs/paper_a
+  python -m cpg_jax.experiments.sweep --experiment=b --root=runs/paper_b \\
+      --publish=docs/results/b -- --config.num_seeds=3 --config.num_steps=100000
+  python -m cpg_jax.experiments.sweep --experiment=d --root=runs/paper_d \\
       -- --config.env.data_path=/data/small_matrix.csv
 
   # Any grid
-  python -m cpg_jax.sweep --config=configs/synthetic.py --root=runs/grid \\
+  python -m cpg_jax.experiments.sweep --config=configs/synthetic.py --root=runs/grid \\
       --grid=estimator=vpg,ca_pg_swr --grid=num_candidates=5,10,20 \\
       -- --config.num_seeds=5 --config.num_steps=200000
-  python -m cpg_jax.sweep --config=configs/synthetic.py --root=runs/lm \\
+  python -m cpg_jax.experiments.sweep --config=configs/synthetic.py --root=runs/lm \\
       --grid=estimator=vpg,ca_pg --grid=num_outputs+num_models=1+1,1+5,5+1,5+5
 
 Axes. `--grid=FIELD=V1,V2,...` adds an axis (FIELD is any config field,
@@ -33,10 +33,12 @@ dry run prints them), e.g. to split a sweep across machines or for a quick
 test. Re-running the same command resumes every unfinished point; a finished
 point's checkpoint is at num_steps and train.py returns at once.
 
-Learning rate. The estimator's paper learning rate is passed explicitly
-(0.1 for vpg / vpg_swr and 0.01 for the CA family on configs/synthetic.py,
-0.01 for all on KuaiRec) unless `learning_rate` is itself an axis or an
-override after `--`.
+Learning rate. Where a point sets the estimator, its paper learning rate
+for the config's environment (`experiments.paper.default_learning_rate`: 0.1
+for vpg / vpg_swr and 0.01 for the CA family on the synthetic environment,
+0.01 for all on KuaiRec) is passed explicitly, unless `learning_rate` is
+itself an axis or an override after `--`; elsewhere the config's own
+learning rate holds.
 
 Report. At the end, every point with results (this run's and earlier ones)
 goes into `ROOT/curves.png` (one panel per facet value, `--facet` or the
@@ -49,26 +51,30 @@ also copies them to PREFIX.png and PREFIX.md (e.g. docs/results/a).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import textwrap
-from typing import Mapping, Sequence
+from typing import Callable, Sequence
 
-from cpg_jax import paper_experiments
-from cpg_jax import report
-from cpg_jax.paper_experiments import Axis
+from cpg_jax import user_errors
+from cpg_jax.experiments import paper
+from cpg_jax.experiments import report
+from cpg_jax.experiments import runs as runs_lib
+from cpg_jax.experiments.paper import Axis
+from cpg_jax.user_errors import UserError
 
-PAPER_LEARNING_RATES = dict(paper_experiments.SYNTHETIC_LEARNING_RATES)
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _TRAIN = os.path.join(_REPO, "train.py")
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = user_errors.EXIT_USER_ERROR
+# estimator -> learning rate to pass, or None to keep the config's.
+LearningRateRule = Callable[[str], "float | None"]
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
   """A mistake on the sweep's command line; the message says what is allowed."""
 
 
@@ -114,7 +120,7 @@ def point_name(point: Sequence[tuple[str, str]]) -> str:
 
 def point_command(config: str, root: str, point: Sequence[tuple[str, str]],
                   extra: Sequence[str], fixed: Sequence[tuple[str, str]] = (),
-                  learning_rates: Mapping[str, float] | None = None
+                  learning_rate_of: LearningRateRule = lambda estimator: None
                   ) -> tuple[list[str], str]:
   """The train.py command line and workdir of one grid point.
 
@@ -124,27 +130,35 @@ def point_command(config: str, root: str, point: Sequence[tuple[str, str]],
     point: the point's (field, value) overrides; they name the workdir.
     extra: arguments for every point (after `--`); they win over `fixed`.
     fixed: (field, value) overrides for every point, not in the name.
-    learning_rates: per estimator, used unless the learning rate is set by
-      the point or `extra`. None: the paper rule of configs/synthetic.py.
+    learning_rate_of: the learning rate of a point's estimator (None: keep
+      the config's), used unless the point or `extra` sets the learning rate.
   """
   workdir = os.path.join(root, point_name(point))
   args = [sys.executable, _TRAIN, f"--config={config}", f"--workdir={workdir}", "--noplot"]
   args += [f"--config.{f}={v}" for f, v in point]
   given = override_fields(extra) | {f for f, _ in point}
   args += [f"--config.{f}={v}" for f, v in fixed if f not in given]
-  if learning_rates is None:
-    learning_rates = default_learning_rates(config)
-  values = dict(point)
-  if ("learning_rate" not in given and values.get("estimator") in learning_rates):
-    args.append(f"--config.learning_rate={learning_rates[values['estimator']]}")
+  estimator = dict(point).get("estimator")
+  rate = None if estimator is None or "learning_rate" in given else learning_rate_of(estimator)
+  if rate is not None:
+    args.append(f"--config.learning_rate={rate}")
   return args + list(extra), workdir
 
 
-def default_learning_rates(config: str) -> dict[str, float]:
-  """The paper's learning rates for --grid on configs/synthetic.py, else none."""
-  if os.path.basename(config.split(":", 1)[0]) == "synthetic.py":
-    return dict(PAPER_LEARNING_RATES)
-  return {}
+def config_environment(config: str, extra: Sequence[str]) -> str:
+  """The `env.name` of the config file argument `FILE[:ARG]` (an
+  `--config.env.name=` override in `extra` wins)."""
+  for arg in extra:
+    if arg.startswith("--config.env.name="):
+      return arg.split("=", 1)[1]
+  path, _, arg = config.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  if module_spec is None or not os.path.isfile(path):
+    raise SweepError(f"--config={config}: no such config file")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  built = module.get_config(arg) if arg else module.get_config()
+  return str(built.env.name)
 
 
 def parse_points(text: str, count: int) -> list[int]:
@@ -193,12 +207,17 @@ def _plan(args) -> dict:
       raise SweepError("--experiment takes its config and axes from the experiment table; "
                        "drop --config/--grid (use --values=FIELD=V1,V2 to change an "
                        "axis's values)")
-    experiment = paper_experiments.get(args.experiment)
+    try:
+      experiment = paper.get(args.experiment)
+    except ValueError as e:  # (e) is a benchmark, not a sweep: the message says so.
+      raise SweepError(str(e)) from None
     axes = list(experiment.axes)
     for text in args.values:
       axes = _replace_axis(axes, text, experiment.name)
+    environment = experiment.environment
     return {"config": _repo_path(experiment.config), "axes": axes,
-            "fixed": experiment.fixed, "learning_rates": experiment.learning_rates,
+            "fixed": experiment.fixed,
+            "learning_rate_of": lambda e: paper.default_learning_rate(e, environment),
             "facet": experiment.facet, "title": experiment.title,
             "required": experiment.required}
   if not args.config or not args.grid:
@@ -212,15 +231,13 @@ def _plan(args) -> dict:
   if len(set(fields)) != len(fields):
     raise SweepError(f"a field appears on two --grid axes: {', '.join(fields)}")
   facet = tuple(f for f in fields if f != "estimator") if "estimator" in fields else ()
+  learning_rate_of = lambda estimator: None
+  if "estimator" in fields:
+    environment = config_environment(args.config, args.extra)
+    learning_rate_of = lambda e: paper.default_learning_rate(e, environment)
   return {"config": args.config, "axes": axes, "fixed": (),
-          "learning_rates": default_learning_rates(args.config), "facet": facet,
+          "learning_rate_of": learning_rate_of, "facet": facet,
           "title": None, "required": ()}
-
-
-def _fail(message: str) -> int:
-  text = " ".join(str(message).split())
-  print(textwrap.fill(f"error: {text}", width=100), file=sys.stderr)
-  return EXIT_USER_ERROR
 
 
 def _publish(png: str, markdown: str, prefix: str) -> tuple[str, str]:
@@ -234,11 +251,10 @@ def _publish(png: str, markdown: str, prefix: str) -> tuple[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m cpg_jax.sweep", description=__doc__.splitlines()[0],
+      prog="python -m cpg_jax.experiments.sweep", description=__doc__.splitlines()[0],
       epilog="Arguments after `--` go to every train.py run, e.g. -- --config.num_seeds=3")
-  parser.add_argument("--experiment", choices=[*paper_experiments.EXPERIMENTS,
-                                               paper_experiments.RUNTIME.name],
-                      help="a published experiment of method.md §6")
+  parser.add_argument("--experiment", choices=[*paper.EXPERIMENTS, paper.RUNTIME.name],
+                      help="a published experiment of docs/method.md §6")
   parser.add_argument("--config", help="config file (with --grid)")
   parser.add_argument("--root", required=True, help="one workdir per point under ROOT")
   parser.add_argument("--grid", action="append", default=[],
@@ -258,49 +274,64 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
+  """Runs the sweep; a user error prints one paragraph and returns 2."""
+  try:
+    return _main(list(sys.argv[1:] if argv is None else argv))
+  except UserError as e:
+    print(user_errors.format_error(e), file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _main(argv: list[str]) -> int:
   own, extra = argv, []
   if "--" in argv:
     cut = argv.index("--")
     own, extra = argv[:cut], argv[cut + 1:]
   args = _parser().parse_args(own)
-  try:
-    plan = _plan(args)
-    axis_fields = {f for axis in plan["axes"] for f in axis.fields}
-    clash = sorted(override_fields(extra) & axis_fields)
-    if clash:
-      raise SweepError(
-          f"the arguments after -- set {', '.join(clash)}, which the sweep varies (it names "
-          "the workdirs); change the axis instead"
-          + (" with --values" if args.experiment else " in --grid"))
-    points = grid_points(plan["axes"])
-    selected = (parse_points(args.points, len(points)) if args.points is not None
-                else list(range(len(points))))
-    facet = plan["facet"] if args.facet is None else report.parse_facet(args.facet)
-  except (SweepError, ValueError) as e:
-    return _fail(e)
+  args.extra = extra
+  plan = _plan(args)
+  axis_fields = {f for axis in plan["axes"] for f in axis.fields}
+  clash = sorted(override_fields(extra) & axis_fields)
+  if clash:
+    raise SweepError(
+        f"the arguments after -- set {', '.join(clash)}, which the sweep varies (it names "
+        "the workdirs); change the axis instead"
+        + (" with --values" if args.experiment else " in --grid"))
+  points = grid_points(plan["axes"])
+  selected = (parse_points(args.points, len(points)) if args.points is not None
+              else list(range(len(points))))
+  facet = plan["facet"] if args.facet is None else runs_lib.parse_facet(args.facet)
 
   given = override_fields(extra)
   missing = [(f, what) for f, what in plan["required"] if f not in given]
   if missing and not args.dry_run:
-    return _fail(
+    raise SweepError(
         f"experiment {args.experiment} needs "
         + "; ".join(f"--config.{f}=... ({what})" for f, what in missing)
-        + " after --, e.g. python -m cpg_jax.sweep --experiment="
+        + " after --, e.g. python -m cpg_jax.experiments.sweep --experiment="
         f"{args.experiment} --root={args.root} -- --config.{missing[0][0]}=PATH")
 
   commands = [point_command(plan["config"], args.root, point, extra, plan["fixed"],
-                            plan["learning_rates"]) for point in points]
+                            plan["learning_rate_of"]) for point in points]
   what = f"experiment {args.experiment}" if args.experiment else "grid"
   print(f"Sweep ({what}): {len(points)} point{'s' * (len(points) != 1)} under {args.root}"
         + (f", running {len(selected)} (--points={args.points})"
            if args.points is not None else ""), flush=True)
   for f, desc in missing:
     print(f"note: a real run needs --config.{f}=... after -- ({desc})")
+  returncode = _run_points(commands, selected, args.dry_run)
+  if returncode or args.dry_run:
+    return returncode
+  return _report(args, argv, plan, facet, [w for _, w in commands])
+
+
+def _run_points(commands, selected: Sequence[int], dry_run: bool) -> int:
+  """Runs (or, dry, prints) the selected points in order; the first failing
+  point's exit code, else 0."""
   for n, i in enumerate(selected):
     command, workdir = commands[i]
     print(f"[#{i}, {n + 1} of {len(selected)}] {shlex.join(command)}", flush=True)
-    if args.dry_run:
+    if dry_run:
       continue
     result = subprocess.run(command)
     if result.returncode == EXIT_USER_ERROR:
@@ -312,26 +343,21 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"error: point #{i} ({workdir}) stopped with exit code {result.returncode}; "
             "re-run the same command to resume it.", file=sys.stderr)
       return result.returncode
-  if args.dry_run:
-    return 0
-  return _report(args, argv, plan, facet, [w for _, w in commands])
+  return 0
 
 
 def _report(args, argv, plan, facet, workdirs: Sequence[str]) -> int:
   """Writes ROOT/curves.png and ROOT/results.md over every point with results."""
-  ready = [w for w in workdirs if report.has_results(w)]
+  ready = [w for w in workdirs if runs_lib.has_results(w)]
   absent = [os.path.basename(w) for w in workdirs if w not in ready]
-  notes = ["Command: `python -m cpg_jax.sweep " + shlex.join(argv) + "`"]
+  notes = ["Command: `python -m cpg_jax.experiments.sweep " + shlex.join(argv) + "`"]
   if absent:
     notes.append(f"Not yet run ({len(absent)} of {len(workdirs)} points): "
                  + "; ".join(absent) + ".")
   png = os.path.join(args.root, "curves.png")
   markdown = os.path.join(args.root, "results.md")
-  try:
-    report.write_report(ready, out=png, title=args.title or plan["title"],
-                        markdown=markdown, facet=facet, notes=notes)
-  except (FileNotFoundError, ValueError) as e:
-    return _fail(e)
+  report.write_report(ready, out=png, title=args.title or plan["title"],
+                      markdown=markdown, facet=facet, notes=notes)
   print(f"Learning curves: {png}\nTable: {markdown}")
   if absent:
     print(f"{len(absent)} of {len(workdirs)} points have no results yet.")

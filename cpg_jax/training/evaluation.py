@@ -1,4 +1,4 @@
-"""Policy evaluation and the reference values (method.md §6).
+"""Policy evaluation and the reference values (docs/method.md, the protocol).
 
 At step t every seed is evaluated on `eval_contexts` fresh contexts drawn from
 `fold_in(fold_in(base_key, EVAL_STREAM), t)`: the ESR's deterministic top-K,
@@ -23,11 +23,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cpg_jax import rollout as rollout_lib
 from cpg_jax.environments.base import Environment
-from cpg_jax.experiment import Experiment
-from cpg_jax.late_stage import LateStageRanker
-from cpg_jax.trainer import EVAL_STREAM, TrainState, stream_key
+from cpg_jax.numerics.late_stage import LateStageRanker
+from cpg_jax.training import interaction
+from cpg_jax.training import streams
+from cpg_jax.training.pipeline import Pipeline
+from cpg_jax.training.state import TrainState
 
 EXACT_REFERENCE_CONTEXTS = 100_000
 
@@ -45,24 +46,24 @@ def _valid_mask(n: int, batch_size: int) -> jax.Array:
   return (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
 
 
-def evaluate_seed(experiment: Experiment, env: Environment, state: TrainState) -> dict:
+def evaluate_seed(pipeline: Pipeline, env: Environment, state: TrainState) -> dict:
   """Evaluation metrics of one seed at its current step (scalars)."""
-  config = experiment.config
-  k = config.num_candidates
-  key = stream_key(state.key, EVAL_STREAM, state.step)
+  spec = pipeline.spec
+  k = spec.num_candidates
+  key = streams.stream_key(state.key, streams.EVAL_STREAM, state.step)
   key_contexts, key_rollouts = jax.random.split(key)
-  n = config.eval_contexts
-  batch = min(config.eval_batch_size, n)
+  n = spec.eval_contexts
+  batch = min(spec.eval_batch_size, n)
   contexts = _batched_contexts(env.sample_contexts(key_contexts, n), batch)
   valid = _valid_mask(n, batch)
   keys = jax.random.split(key_rollouts, contexts.shape[0])
 
   def one_batch(args):
     context_ids, batch_key = args
-    scores = experiment.score_table(state.params, context_ids)
-    rollout = rollout_lib.collect_rollout(
-        batch_key, env, context_ids, scores, k, experiment.lsr,
-        experiment.position_weights, deterministic=True)
+    scores = pipeline.score_table(state.params, context_ids)
+    rollout = interaction.collect_rollout(
+        batch_key, env, context_ids, scores, k, pipeline.lsr,
+        pipeline.position_weights(), deterministic=True)
     mean_reward = env.mean_reward(context_ids, rollout.outputs)
     expected = jnp.sum(mean_reward * rollout.position_weights, axis=-1)
     best = env.optimal_items(context_ids, k)
@@ -75,28 +76,28 @@ def evaluate_seed(experiment: Experiment, env: Environment, state: TrainState) -
           "recall": mean(recall)}
 
 
-def make_evaluate(experiment: Experiment):
+def make_evaluate(pipeline: Pipeline):
   """A jitted `evaluate(states, env) -> dict of [seeds] arrays`."""
-  return jax.jit(jax.vmap(lambda states, env: evaluate_seed(experiment, env, states),
+  return jax.jit(jax.vmap(lambda states, env: evaluate_seed(pipeline, env, states),
                           in_axes=(0, None)))
 
 
-def reference_values(experiment: Experiment, env: Environment, seed: int) -> dict:
+def reference_values(pipeline: Pipeline, env: Environment, seed: int) -> dict:
   """Noise-free values of the optimal ESR with the optimal and with the
   configured LSR (floats)."""
-  config = experiment.config
-  k = config.num_candidates
+  spec = pipeline.spec
+  k = spec.num_candidates
   if env.num_contexts <= EXACT_REFERENCE_CONTEXTS:
     contexts = jnp.arange(env.num_contexts, dtype=jnp.int32)
     n = env.num_contexts
   else:
-    n = config.eval_contexts
+    n = spec.eval_contexts
     contexts = env.sample_contexts(jax.random.key(seed), n)
-  batch = min(config.eval_batch_size, n)
+  batch = min(spec.eval_batch_size, n)
   valid = _valid_mask(n, batch)
   contexts = _batched_contexts(contexts, batch)
-  optimal_lsr = LateStageRanker("optimal", config.num_outputs)
-  weights = experiment.position_weights
+  optimal_lsr = LateStageRanker("optimal", spec.num_outputs)
+  weights = pipeline.position_weights()
   keys = jax.random.split(jax.random.key(seed), contexts.shape[0])
 
   @jax.jit
@@ -106,7 +107,7 @@ def reference_values(experiment: Experiment, env: Environment, seed: int) -> dic
       best = env.optimal_items(context_ids, k)
       q = env.expected_score(context_ids, best)
       values = []
-      for lsr in (optimal_lsr, experiment.lsr):
+      for lsr in (optimal_lsr, pipeline.lsr):
         positions = lsr.select(batch_key, q, deterministic=True)
         outputs = jnp.take_along_axis(best, positions, axis=1)
         values.append(jnp.sum(env.mean_reward(context_ids, outputs) * weights, -1))

@@ -1,9 +1,10 @@
-"""Plackett-Luce log-probabilities used by the estimators (method.md §4).
+"""Plackett-Luce log-probabilities used by the estimators (docs/method.md).
 
 All functions take the scores of every model as a score table
-(`cpg_jax.scores`: dense `[M, batch, items]` or item-blocked factors; a plain
-`[M, batch, items]` array is wrapped) and are differentiable in them. Which items were drawn (or are in a deterministic
-prefix list) is never differentiated; the scores of those items are.
+(`numerics.scores`: dense `[M, batch, items]` or item-blocked factors) and
+are differentiable in them. Which items were drawn (or are in a
+deterministic prefix list) is never differentiated; the scores of those
+items are.
 
 No probability is formed as a difference of sums: the mass of the items not
 yet drawn is always assembled from the mass of the never-drawn items plus a
@@ -19,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpg_jax import log_space
-from cpg_jax import sampling
-from cpg_jax.scores import ScoreTable, as_scores
+from cpg_jax.numerics import log_space
+from cpg_jax.numerics import sampling
+from cpg_jax.numerics.scores import ScoreTable
 
 
 def _per_slot(values: jax.Array, models: np.ndarray) -> jax.Array:
@@ -62,20 +63,19 @@ def _remaining_log_mass(scores: ScoreTable, drawn: jax.Array, models: np.ndarray
 
 
 def sequential_log_prob(
-    scores: jax.Array, candidates: jax.Array, models: np.ndarray
+    scores: ScoreTable, candidates: jax.Array, models: np.ndarray
 ) -> jax.Array:
   """log pi(C | x) of an ordered candidate list drawn without replacement.
 
   log pi = sum_k [ s^{m(k)}_{c_k} - LSE_{a not in c_{<k}} s^{m(k)}_a ]  (§4.1).
 
   Args:
-    scores: float `[M, batch, items]`, differentiated.
+    scores: the score table `[M, batch, items]`, differentiated.
     candidates: int32 `[batch, K]`, distinct items in draw order.
     models: static int `[K]`, the model of each slot.
   Returns:
     `[batch]`.
   """
-  scores = as_scores(scores)
   chex.assert_rank(candidates, 2)
   chosen = _per_slot(scores.gather(candidates), models)  # [batch, K]
   normaliser = _remaining_log_mass(scores, candidates, models)
@@ -83,13 +83,12 @@ def sequential_log_prob(
 
 
 def swr_log_prob(
-    scores: jax.Array, candidates: jax.Array, models: np.ndarray
+    scores: ScoreTable, candidates: jax.Array, models: np.ndarray
 ) -> jax.Array:
   """log of the with-replacement approximation of pi(C | x) (§4.2): `[batch]`.
 
   sum_k [ s^{m(k)}_{c_k} - LSE_a s^{m(k)}_a ].
   """
-  scores = as_scores(scores)
   chosen = _per_slot(scores.gather(candidates), models)
   log_norm = scores.logsumexp()[models].T  # [batch, K]
   return jnp.sum(chosen - log_norm, axis=-1)
@@ -189,7 +188,7 @@ def _prefix_excluding_single_model(
 
 
 def ca_inclusion_log_prob(
-    scores: jax.Array, items: jax.Array, num_candidates: int
+    scores: ScoreTable, items: jax.Array, num_candidates: int
 ) -> jax.Array:
   """The CA-PG closed-form log P(a in C | x) for each given item (§4.3).
 
@@ -200,13 +199,12 @@ def ca_inclusion_log_prob(
   product is formed in log space (`log_space.log_one_minus_prod_one_minus`).
 
   Args:
-    scores: float `[M, batch, items]`, differentiated.
+    scores: the score table `[M, batch, items]`, differentiated.
     items: int32 `[batch, L]`, the rewarded items (LSR outputs).
     num_candidates: K.
   Returns:
     `[batch, L]`.
   """
-  scores = as_scores(scores)
   chex.assert_rank(items, 2)
   num_models = scores.num_models
   counts = sampling.slot_counts(num_candidates, num_models)
@@ -224,7 +222,7 @@ def ca_inclusion_log_prob(
 
 
 def _closed_form_from_prefixes(
-    scores, items: jax.Array, prefixes: jax.Array, models: np.ndarray,
+    scores: ScoreTable, items: jax.Array, prefixes: jax.Array, models: np.ndarray,
     never_lse: jax.Array | None = None,
 ) -> jax.Array:
   """Evaluates the closed form given T_{K-1}(a) for each item. `[batch, L]`.
@@ -232,7 +230,6 @@ def _closed_form_from_prefixes(
   `never_lse` `[M, batch, L]`, if given, is the LSE over the items outside
   each T_{K-1}(a); otherwise it is computed per output.
   """
-  scores = as_scores(scores)
 
   def one_output(item, prefix, outside_lse=None):
     # item [batch], prefix [batch, K-1], outside_lse [M, batch] or None.
@@ -247,7 +244,7 @@ def _closed_form_from_prefixes(
 
 
 def top1_log_prob(
-    scores: jax.Array,
+    scores: ScoreTable,
     items: jax.Array,
     num_candidates: int,
     combine: str = "sum",
@@ -257,7 +254,6 @@ def top1_log_prob(
   combine="sum":       sum_m K_m (s^m_a - LSE_b s^m_b)   (the project default)
   combine="logsumexp": logsumexp_m of the same terms     (the other published copy)
   """
-  scores = as_scores(scores)
   log_softmax = scores.gather(items) - scores.logsumexp()[:, :, None]  # [M, batch, L]
   counts = jnp.asarray(sampling.slot_counts(num_candidates, scores.num_models),
                        dtype=log_softmax.dtype)

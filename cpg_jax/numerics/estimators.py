@@ -1,9 +1,9 @@
-"""The gradient estimators as surrogate losses (method.md §4).
+"""The gradient estimators as surrogate losses (docs/method.md §4).
 
 Each estimator is `loss(scores, rollout) -> scalar`, whose gradient with
-respect to the scores (a score table of `cpg_jax.scores`, dense or
-item-blocked, or a dense `[M, batch, items]` array) is the (negated)
-policy-gradient estimate, averaged over the batch. Rewards are constants.
+respect to the scores (a score table of `numerics.scores`, dense or
+item-blocked) is the (negated) policy-gradient estimate, averaged over the
+batch. Rewards are constants.
 
   vpg        V-PG: REINFORCE on the sequential PL probability of the list.
   vpg_swr    V-PG with the with-replacement approximation of that probability.
@@ -21,20 +21,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpg_jax import plackett_luce
-from cpg_jax import sampling
-from cpg_jax.rollout import Rollout
-from cpg_jax.scores import ScoreTable, as_scores
+from cpg_jax.numerics import plackett_luce
+from cpg_jax.numerics import sampling
+from cpg_jax.numerics.rollout import Rollout
+from cpg_jax.numerics.scores import ScoreTable
 
-Loss = Callable[[jax.Array, Rollout], jax.Array]
+Loss = Callable[[ScoreTable, Rollout], jax.Array]
 
 
 def _slot_models(scores: ScoreTable, rollout: Rollout) -> np.ndarray:
   return sampling.slot_models(sampling.slot_counts(rollout.num_candidates, scores.num_models))
 
 
-def _list_loss(log_prob_fn, scores, rollout: Rollout) -> jax.Array:
-  scores = as_scores(scores)
+def _list_loss(log_prob_fn, scores: ScoreTable, rollout: Rollout) -> jax.Array:
   log_prob = log_prob_fn(scores, rollout.candidates, _slot_models(scores, rollout))
   reward = jax.lax.stop_gradient(rollout.aggregated_reward())
   return -jnp.mean(log_prob * reward)
@@ -45,24 +44,24 @@ def _credit_loss(log_inclusion: jax.Array, rollout: Rollout) -> jax.Array:
   return -jnp.mean(jnp.sum(log_inclusion * credit, axis=-1))
 
 
-def vpg_loss(scores: jax.Array, rollout: Rollout) -> jax.Array:
+def vpg_loss(scores: ScoreTable, rollout: Rollout) -> jax.Array:
   """-mean_b log pi(C_b | x_b) R_b."""
   return _list_loss(plackett_luce.sequential_log_prob, scores, rollout)
 
 
-def vpg_swr_loss(scores: jax.Array, rollout: Rollout) -> jax.Array:
+def vpg_swr_loss(scores: ScoreTable, rollout: Rollout) -> jax.Array:
   """-mean_b log pi_SwR(C_b | x_b) R_b."""
   return _list_loss(plackett_luce.swr_log_prob, scores, rollout)
 
 
-def ca_pg_loss(scores: jax.Array, rollout: Rollout) -> jax.Array:
+def ca_pg_loss(scores: ScoreTable, rollout: Rollout) -> jax.Array:
   """-mean_b sum_l w_l r_l log P(a_l in C | x_b), closed-form P."""
   log_inclusion = plackett_luce.ca_inclusion_log_prob(
       scores, rollout.outputs, rollout.num_candidates)
   return _credit_loss(log_inclusion, rollout)
 
 
-def ca_pg_swr_loss(scores: jax.Array, rollout: Rollout, combine: str = "sum") -> jax.Array:
+def ca_pg_swr_loss(scores: ScoreTable, rollout: Rollout, combine: str = "sum") -> jax.Array:
   """-mean_b sum_l w_l r_l log P_SwR(a_l in C | x_b)."""
   log_inclusion = plackett_luce.top1_log_prob(
       scores, rollout.outputs, rollout.num_candidates, combine=combine)
@@ -75,9 +74,6 @@ ESTIMATORS: dict[str, Loss] = {
     "ca_pg": ca_pg_loss,
     "ca_pg_swr": ca_pg_swr_loss,
 }
-
-# Estimators whose credit is a log-inclusion probability: they need rewards >= 0.
-CREDIT_ASSIGNED = ("ca_pg", "ca_pg_swr")
 
 
 def get_estimator(name: str, swr_combine: str = "sum") -> Loss:

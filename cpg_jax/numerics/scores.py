@@ -3,17 +3,20 @@
 The Plackett-Luce code needs four things of the scores s^m[b, i] of M models
 for B contexts over N items: gather the scores of given items, log-sum-exp
 over all items but an excluded set, and (perturbed) top-k with an excluded
-set. Two implementations:
+set. Two implementations (a *score table* is either):
 
   DenseScores     the `[M, batch, items]` matrix; plain autodiff.
   BlockedScores   the two-tower factors, context vectors `[M, batch, d]` and
                   item vectors `[M, items, d]`; every pass over the items is a
-                  `lax.scan` over blocks of `block_size` items with a running
+                  scan over item blocks (`numerics.blocked`) with a running
                   log-sum-exp or a running top-k merge, and the log-sum-exp's
                   gradient recomputes each block (a custom VJP), so memory is
                   O(batch x (block + K)), never O(batch x items).
 
-Both draw the same Gumbel noise for the same key (`cpg_jax.noise`: the noise
+`ScoreTableSpec` (static) says which one a batch gets; `ScoreTableSpec.build`
+is the one place a table is made from the model's factors.
+
+Both draw the same Gumbel noise for the same key (`numerics.noise`: the noise
 of an item depends on (key, model, row, item id) only), so they sample the
 same candidates; tests check that they agree.
 
@@ -24,15 +27,26 @@ blocked form stays O(batch x (block + E)).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Callable, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-import kernels
-from cpg_jax import log_space
-from cpg_jax import noise as noise_lib
+from cpg_jax.numerics import blocked
+from cpg_jax.numerics import log_space
+from cpg_jax.numerics import noise as noise_lib
+
+SCORE_PATHS = ("auto", "dense", "blocked")
+NOISE_GENERATORS = ("hash", "threefry")
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+# A fused top-k over the factors: (contexts [batch, d], items [items, d], k,
+# noise words or None, block_size) -> int32 ids [batch, k], best first, ties to
+# the lower id, the noise of `numerics.noise`. `kernels.FusedTopK` is one.
+FusedTopK = Callable[..., jax.Array]
 
 
 def _noise_words(key: jax.Array, model: int) -> jax.Array:
@@ -51,7 +65,24 @@ def _exclusion_mask(excluded: jax.Array | None, batch: int, start, width: int) -
   return mask.at[rows, jnp.where(inside, local, width)].set(True, mode="drop")
 
 
-class DenseScores(flax.struct.PyTreeNode):
+class _Sizes:
+  """`num_models`, `batch_size` and `num_items` of a table from its `shape`
+  (M, batch, items)."""
+
+  @property
+  def num_models(self) -> int:
+    return self.shape[0]
+
+  @property
+  def batch_size(self) -> int:
+    return self.shape[1]
+
+  @property
+  def num_items(self) -> int:
+    return self.shape[2]
+
+
+class DenseScores(_Sizes, flax.struct.PyTreeNode):
   """Scores as a dense matrix.
 
   Attributes:
@@ -63,16 +94,8 @@ class DenseScores(flax.struct.PyTreeNode):
   noise_generator: str = flax.struct.field(pytree_node=False, default="hash")
 
   @property
-  def num_models(self) -> int:
-    return self.values.shape[0]
-
-  @property
-  def batch_size(self) -> int:
-    return self.values.shape[1]
-
-  @property
-  def num_items(self) -> int:
-    return self.values.shape[2]
+  def shape(self) -> tuple[int, int, int]:
+    return self.values.shape
 
   def stop_gradient(self) -> "DenseScores":
     return self.replace(values=jax.lax.stop_gradient(self.values))
@@ -111,34 +134,26 @@ class DenseScores(flax.struct.PyTreeNode):
     return jax.lax.top_k(values, k)[1].astype(jnp.int32)
 
 
-class BlockedScores(flax.struct.PyTreeNode):
+class BlockedScores(_Sizes, flax.struct.PyTreeNode):
   """Scores kept as two-tower factors, s^m[b, i] = <contexts[m, b], items[m, i]>.
 
   Attributes:
     contexts: float `[M, batch, d]`.
     items: float `[M, items, d]`.
     block_size: items per block (static).
-    top_k_kernel: "xla" (the `lax.scan` path here), "pallas" (the fused
-      kernel of `kernels/`, interpreted on CPU) or "auto" (the kernel on
-      GPU/TPU, the scan on CPU); used for top-k lists with no excluded items.
+    fused_top_k: None (the blocked scan here) or a fused implementation of
+      the same top-k (`FusedTopK`, e.g. the Pallas kernel of `kernels/`),
+      used for top-k lists with no excluded items (static).
   """
 
   contexts: jax.Array
   items: jax.Array
   block_size: int = flax.struct.field(pytree_node=False, default=65536)
-  top_k_kernel: str = flax.struct.field(pytree_node=False, default="xla")
+  fused_top_k: Optional[FusedTopK] = flax.struct.field(pytree_node=False, default=None)
 
   @property
-  def num_models(self) -> int:
-    return self.contexts.shape[0]
-
-  @property
-  def batch_size(self) -> int:
-    return self.contexts.shape[1]
-
-  @property
-  def num_items(self) -> int:
-    return self.items.shape[1]
+  def shape(self) -> tuple[int, int, int]:
+    return (self.contexts.shape[0], self.contexts.shape[1], self.items.shape[1])
 
   def stop_gradient(self) -> "BlockedScores":
     return self.replace(contexts=jax.lax.stop_gradient(self.contexts),
@@ -147,13 +162,12 @@ class BlockedScores(flax.struct.PyTreeNode):
   def dense(self) -> DenseScores:
     """The `[M, batch, items]` matrix (tests and small catalogues only)."""
     return DenseScores(jnp.einsum("mbd,mnd->mbn", self.contexts, self.items,
-                                  precision=jax.lax.Precision.HIGHEST))
+                                  precision=_HIGHEST))
 
   def gather(self, items: jax.Array) -> jax.Array:
     """Scores of `items` `[batch, n]` under every model: `[M, batch, n]`."""
     vectors = self.items[:, items]  # [M, batch, n, d]
-    return jnp.einsum("mbd,mbnd->mbn", self.contexts, vectors,
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("mbd,mbnd->mbn", self.contexts, vectors, precision=_HIGHEST)
 
   def logsumexp(self, excluded: jax.Array | None = None) -> jax.Array:
     """LSE over the items not in `excluded` `[batch, E]`: `[M, batch]`."""
@@ -166,48 +180,65 @@ class BlockedScores(flax.struct.PyTreeNode):
             key: jax.Array | None = None) -> jax.Array:
     """As `DenseScores.top_k`, in item blocks with a running top-k merge."""
     words = None if key is None else _noise_words(key, model)
-    if self.top_k_kernel != "xla" and (excluded is None or excluded.shape[1] == 0):
-      _, ids, _ = kernels.fused_topk_lse(
-          jax.lax.stop_gradient(self.contexts[model]), jax.lax.stop_gradient(self.items[model]),
-          k, words, implementation=self.top_k_kernel, block_items=self.block_size)
-      return ids
-    return _blocked_top_k(
-        jax.lax.stop_gradient(self.contexts[model]), jax.lax.stop_gradient(self.items[model]),
-        k, excluded, words, self.block_size)
+    contexts = jax.lax.stop_gradient(self.contexts[model])
+    items = jax.lax.stop_gradient(self.items[model])
+    if self.fused_top_k is not None and (excluded is None or excluded.shape[1] == 0):
+      return self.fused_top_k(contexts, items, k, words, self.block_size)
+    return _blocked_top_k(contexts, items, k, excluded, words, self.block_size)
 
 
 ScoreTable = DenseScores | BlockedScores
 
 
-def as_scores(scores) -> ScoreTable:
-  """Wraps a dense `[M, batch, items]` array; passes score tables through."""
-  if isinstance(scores, (DenseScores, BlockedScores)):
-    return scores
-  return DenseScores(jnp.asarray(scores))
+@dataclasses.dataclass(frozen=True)
+class ScoreTableSpec:
+  """How a batch of scores is held (static; part of a run's spec).
+
+  Attributes:
+    path: "dense", "blocked", or "auto" (blocked when the dense matrix would
+      exceed `dense_budget_mb` and the noise is hashed).
+    item_block_size: items per block on the blocked path.
+    dense_budget_mb: the largest dense `[M, batch, items]` float32 matrix.
+    noise_generator: "hash" or "threefry" (dense path only).
+    fused_top_k: the blocked path's fused top-k, or None (see
+      `BlockedScores`).
+  """
+
+  path: str = "auto"
+  item_block_size: int = 65536
+  dense_budget_mb: float = 1024.0
+  noise_generator: str = "hash"
+  fused_top_k: Optional[FusedTopK] = None
+
+  def uses_blocked(self, num_models: int, batch_size: int, num_items: int) -> bool:
+    """Whether a batch of this shape is scored in item blocks."""
+    if self.path != "auto":
+      return self.path == "blocked"
+    dense_bytes = 4 * num_models * batch_size * num_items
+    return dense_bytes > self.dense_budget_mb * 2**20 and self.noise_generator == "hash"
+
+  def build(self, contexts: jax.Array, items: jax.Array) -> ScoreTable:
+    """The score table of the two-tower factors; differentiable in both.
+
+    Args:
+      contexts: float `[M, batch, d]`, the context towers' outputs.
+      items: float `[M, items, d]`, the item towers' outputs.
+    """
+    num_models, batch_size, _ = contexts.shape
+    if self.uses_blocked(num_models, batch_size, items.shape[1]):
+      return BlockedScores(contexts, items, self.item_block_size, self.fused_top_k)
+    return DenseScores(jnp.einsum("mbd,mnd->mbn", contexts, items),
+                       noise_generator=self.noise_generator)
 
 
-def _num_blocks(num_items: int, block_size: int) -> tuple[int, int]:
-  block = min(block_size, num_items)
-  return -(-num_items // block), block
+def _block_scores(contexts, items, block: blocked.Block, size: int) -> jax.Array:
+  """Scores `[batch, size]` of the items that `block` reads."""
+  return jnp.dot(contexts, blocked.rows(items, block, size).T, precision=_HIGHEST)
 
 
-def _block_scores(contexts, items, start, block):
-  """Scores of items start..start+block-1 (clamped inside the table) and
-  their ids: `[batch, block]`, int32 `[block]`."""
-  num_items = items.shape[0]
-  # The last block is shifted back to end at the table's end; the items it
-  # shares with the previous block are masked by the caller (ids < start).
-  first = jnp.minimum(start, num_items - block)
-  vectors = jax.lax.dynamic_slice_in_dim(items, first, block, axis=0)
-  scores = jnp.dot(contexts, vectors.T, precision=jax.lax.Precision.HIGHEST)
-  return scores, (first + jnp.arange(block)).astype(jnp.int32)
-
-
-def _block_keep(excluded, batch, start, first, block):
-  """bool `[batch, block]`: items of this block that count (new, not excluded)."""
-  ids = first + jnp.arange(block)
-  fresh = (ids >= start)[None, :]
-  return fresh & ~_exclusion_mask(excluded, batch, first, block)
+def _block_keep(excluded, batch, block: blocked.Block, size: int) -> jax.Array:
+  """bool `[batch, size]`: items of this block that count (fresh, not excluded)."""
+  return block.fresh[None, :] & ~_exclusion_mask(excluded, batch, block.first, size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -220,56 +251,47 @@ def _blocked_logsumexp(contexts, items, excluded, block_size):
 
 
 def _blocked_logsumexp_fwd(contexts, items, excluded, block_size):
-  num_blocks, block = _num_blocks(items.shape[0], block_size)
+  _, size = blocked.layout(items.shape[0], block_size)
   batch = contexts.shape[0]
 
-  def body(carry, j):
-    running_max, running_sum = carry
-    start = j * block
-    scores, ids = _block_scores(contexts, items, start, block)
-    keep = _block_keep(excluded, batch, start, ids[0], block)
-    block_max = jnp.max(jnp.where(keep, scores, -jnp.inf), axis=1)
-    new_max = jnp.maximum(running_max, block_max)
-    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-    rescale = jnp.where(jnp.isfinite(running_max), jnp.exp(running_max - safe_max), 0.0)
-    block_sum = jnp.sum(jnp.where(keep, jnp.exp(scores - safe_max[:, None]), 0.0), axis=1)
-    return (new_max, running_sum * rescale + block_sum), None
+  def body(state, block):
+    scores = _block_scores(contexts, items, block, size)
+    return blocked.lse_update(state, scores, _block_keep(excluded, batch, block, size)), None
 
-  init = (jnp.full((batch,), -jnp.inf, contexts.dtype), jnp.zeros((batch,), contexts.dtype))
-  (running_max, running_sum), _ = jax.lax.scan(body, init, jnp.arange(num_blocks))
-  lse = jnp.where(running_sum > 0, running_max + jnp.log(running_sum), -jnp.inf)
+  state, _ = blocked.scan(body, blocked.lse_init(batch, contexts.dtype), items.shape[0],
+                          block_size)
+  lse = blocked.lse_value(state)
   return lse, (contexts, items, excluded, lse)
 
 
 def _blocked_logsumexp_bwd(block_size, residuals, grad):
   contexts, items, excluded, lse = residuals
   num_items, dim = items.shape
-  num_blocks, block = _num_blocks(num_items, block_size)
+  num_blocks, size = blocked.layout(num_items, block_size)
   batch = contexts.shape[0]
   finite_lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
 
-  def body(grad_contexts, j):
-    start = j * block
-    scores, ids = _block_scores(contexts, items, start, block)
-    keep = _block_keep(excluded, batch, start, ids[0], block)
+  def body(grad_contexts, block):
+    scores = _block_scores(contexts, items, block, size)
+    keep = _block_keep(excluded, batch, block, size)
     # d lse / d s_i = softmax_i; excluded and already-counted items get 0.
     weights = jnp.where(keep, jnp.exp(scores - finite_lse[:, None]), 0.0) * grad[:, None]
-    vectors = jax.lax.dynamic_slice_in_dim(items, ids[0], block, axis=0)
-    grad_contexts = grad_contexts + jnp.dot(weights, vectors, precision=jax.lax.Precision.HIGHEST)
-    grad_vectors = jnp.dot(weights.T, contexts, precision=jax.lax.Precision.HIGHEST)
-    return grad_contexts, (grad_vectors, ids[0])
+    vectors = blocked.rows(items, block, size)
+    grad_contexts = grad_contexts + jnp.dot(weights, vectors, precision=_HIGHEST)
+    grad_vectors = jnp.dot(weights.T, contexts, precision=_HIGHEST)
+    return grad_contexts, (grad_vectors, block.first)
 
-  grad_contexts, (grad_blocks, firsts) = jax.lax.scan(
-      body, jnp.zeros_like(contexts), jnp.arange(num_blocks))
+  grad_contexts, (grad_blocks, firsts) = blocked.scan(
+      body, jnp.zeros_like(contexts), num_items, block_size)
 
   # Blocks may overlap (the shifted last block); rows of items counted in an
   # earlier block carry zero weight, so adding the blocks up is exact.
   def add_block(acc, args):
     grad_block, first = args
-    current = jax.lax.dynamic_slice_in_dim(acc, first, block, axis=0)
+    current = jax.lax.dynamic_slice_in_dim(acc, first, size, axis=0)
     return jax.lax.dynamic_update_slice_in_dim(acc, current + grad_block, first, axis=0), None
 
-  if num_blocks * block == num_items:
+  if num_blocks * size == num_items:
     grad_items = grad_blocks.reshape(num_items, dim)
   else:
     grad_items, _ = jax.lax.scan(add_block, jnp.zeros_like(items), (grad_blocks, firsts))
@@ -282,29 +304,19 @@ _blocked_logsumexp.defvjp(_blocked_logsumexp_fwd, _blocked_logsumexp_bwd)
 def _blocked_top_k(contexts, items, k, excluded, words, block_size):
   """Top-k item ids of contexts @ items.T (+ hashed Gumbel noise if `words`),
   by blocks with a running merge: int32 `[batch, k]`, best first."""
-  num_blocks, block = _num_blocks(items.shape[0], block_size)
+  _, size = blocked.layout(items.shape[0], block_size)
   batch = contexts.shape[0]
-  rows = jnp.arange(batch)
-  block_k = min(k, block)
   if words is not None:
-    salt_a, salt_b = noise_lib.row_salts(words, rows)
+    salt_a, salt_b = noise_lib.row_salts(words, jnp.arange(batch))
 
-  def body(carry, j):
-    best_values, best_ids = carry
-    start = j * block
-    scores, ids = _block_scores(contexts, items, start, block)
+  def body(best, block):
+    scores = _block_scores(contexts, items, block, size)
     if words is not None:
-      uniform = noise_lib.hashed_uniform(salt_a, salt_b, ids)
+      uniform = noise_lib.hashed_uniform(salt_a, salt_b, block.ids)
       scores = scores - jnp.log(-jnp.log(uniform))
-    keep = _block_keep(excluded, batch, start, ids[0], block)
-    scores = jnp.where(keep, scores, -jnp.inf)
-    values, local = jax.lax.top_k(scores, block_k)
-    # Earlier blocks hold lower ids and come first: ties keep the lower id.
-    merged_values = jnp.concatenate([best_values, values], axis=1)
-    merged_ids = jnp.concatenate([best_ids, ids[local]], axis=1)
-    top_values, where = jax.lax.top_k(merged_values, k)
-    return (top_values, jnp.take_along_axis(merged_ids, where, axis=1)), None
+    scores = jnp.where(_block_keep(excluded, batch, block, size), scores, -jnp.inf)
+    return blocked.merge_top_k(*best, scores, block.ids, k), None
 
-  init = (jnp.full((batch, k), -jnp.inf, contexts.dtype), jnp.full((batch, k), -1, jnp.int32))
-  (_, best_ids), _ = jax.lax.scan(body, init, jnp.arange(num_blocks))
+  (_, best_ids), _ = blocked.scan(body, blocked.empty_top_k(batch, k, contexts.dtype),
+                                  items.shape[0], block_size)
   return best_ids

@@ -3,14 +3,15 @@
 An Orbax `CheckpointManager` under `<workdir>/checkpoints` keeps the last few
 steps. Each checkpoint holds two items: `state` (the batched `TrainState`) and
 `meta` (the resolved config and a digest of the state, as JSON). Orbax writes
-asynchronously: `save`
-returns at once and `wait` blocks until the write is committed; Orbax
-finalises a step directory only when it is complete, so a half-written step
-is never listed as a checkpoint.
+asynchronously: `save` returns at once and `close` blocks until the write is
+committed; Orbax finalises a step directory only when it is complete, so a
+half-written step is never listed as a checkpoint.
 
 A workdir may be resumed with a changed config only in the fields of
 `COMPATIBLE_FIELDS` (how long to run and how often to evaluate, log and
-save); any other difference is refused, naming the fields.
+save); any other difference is refused, naming the fields. A field that a
+checkpoint predates (added to the config later) counts as unchanged when the
+current config holds its default.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cpg_jax import config as config_lib
+from cpg_jax.training import config as config_lib
+from cpg_jax.user_errors import UserError
 
 # Changing these does not change the trajectory of training.
 COMPATIBLE_FIELDS = frozenset({
@@ -36,7 +38,7 @@ COMPATIBLE_FIELDS = frozenset({
 SCHEDULE_DEPENDENT = frozenset({"num_steps"})
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(UserError, ValueError):
   """The workdir holds a checkpoint made with an incompatible config."""
 
 
@@ -44,10 +46,13 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
   """Fields whose change would alter training, as "field: saved -> current".
 
   Both sides are compared in their JSON form (the saved side went through
-  JSON: tuples became lists).
+  JSON: tuples became lists). A field absent from the saved config (one the
+  checkpoint predates) is compared with its default.
   """
-  old = config_lib.flatten_config(json.loads(json.dumps(dict(saved))))
-  new = config_lib.flatten_config(json.loads(json.dumps(dict(current))))
+  as_json = lambda c: config_lib.flatten_config(json.loads(json.dumps(dict(c))))
+  # Fields the checkpoint predates take their default.
+  old = {**as_json(config_lib.default_config().to_dict()), **as_json(saved)}
+  new = as_json(current)
   allowed = set(COMPATIBLE_FIELDS)
   if new.get("lr_schedule", "constant") != "constant":
     allowed -= SCHEDULE_DEPENDENT
@@ -79,7 +84,7 @@ class DamagedCheckpointError(RuntimeError):
   """A checkpoint could not be read back intact."""
 
 
-class NoIntactCheckpointError(RuntimeError):
+class NoIntactCheckpointError(UserError, RuntimeError):
   """The workdir has damaged checkpoints and none that reads back intact."""
 
 
@@ -174,9 +179,6 @@ class Checkpointer:
     self._manager.reload()
     self._log(f"WARNING: checkpoint at step {step} is damaged: {reason}. "
               f"Moved it to {target}; falling back to an older checkpoint.")
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -1,9 +1,14 @@
 """The experiment configuration: defaults and validation.
 
 A config is an `ml_collections.ConfigDict` (configs/*.py return one built on
-`default_config()`). `validate` is called once, before anything is compiled;
-it refuses impossible values with a `ConfigError` naming the field and what
-is allowed.
+`default_config()`). It is read in one place: `training.spec.from_config`
+validates it (`validate`, once, before anything is compiled; impossible
+values are refused with a `ConfigError` naming the field and what is
+allowed) and turns it into the typed, frozen `RunSpec` that everything else
+takes. No ConfigDict reaches compiled code.
+
+This module imports no JAX (the choice lists of the numerics are imported
+when `validate` runs), so config files and the file-reading tools load fast.
 """
 
 from __future__ import annotations
@@ -13,24 +18,35 @@ import numbers
 
 import ml_collections
 
-from cpg_jax.estimators import ESTIMATORS
-from cpg_jax.late_stage import LSR_NAMES
+from cpg_jax.user_errors import UserError
 
-ENVIRONMENT_NAMES = ("synthetic", "kuairec", "matrix")
+ENVIRONMENT_NAMES = ("synthetic", "kuairec", "matrix", "movielens")
 OPTIMIZER_NAMES = ("adagrad", "adam", "sgd", "adamw", "rmsprop")
 SCHEDULE_NAMES = ("constant", "cosine", "linear", "warmup_cosine")
 POSITION_WEIGHTS = ("mean", "sum", "dcg")
-SCORE_PATHS = ("auto", "dense", "blocked")
-NOISE_GENERATORS = ("hash", "threefry")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A configuration value is impossible; the message names the field."""
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Every field with its default: the paper's synthetic setting (§6)."""
+  """Every field with its default: the paper's synthetic setting.
+
+  The fields are documented where they are set: the two-stage system and
+  the estimator, the score path, the environment (`config.env.*`), the
+  optimiser and the protocol.
+  """
   c = ml_collections.ConfigDict()
+  _system_defaults(c)
+  _score_path_defaults(c)
+  c.env = _environment_defaults()
+  _training_defaults(c)
+  return c
+
+
+def _system_defaults(c: ml_collections.ConfigDict) -> None:
+  """The estimator, the two stages (K, L, M, the LSR) and the score model."""
   c.estimator = "ca_pg_swr"
   c.swr_combine = "sum"  # ca_pg_swr with M > 1: "sum" (default) or "logsumexp".
   c.num_candidates = 10  # K
@@ -43,6 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.position_weights = "mean"
   c.embedding_dim = 10
   c.tower_layers = ()  # Dense layers on both towers, e.g. (64, 10); () = ID embeddings.
+
+
+def _score_path_defaults(c: ml_collections.ConfigDict) -> None:
+  """How the scores of a batch are held and sampled."""
   # Item axis: "dense" builds [M, batch, items] score matrices; "blocked"
   # scans the items in blocks of item_block_size (memory O(batch x block));
   # "auto" goes blocked when a dense matrix would exceed dense_budget_mb.
@@ -54,18 +74,32 @@ def default_config() -> ml_collections.ConfigDict:
   # CPU) or "auto" (kernel on GPU/TPU). The kernel is not yet run on a GPU.
   c.top_k_kernel = "xla"
 
-  c.env = ml_collections.ConfigDict()
-  c.env.name = "synthetic"
-  c.env.seed = 0  # The environment's own seed (fixed across training seeds).
-  c.env.num_contexts = 1000
-  c.env.num_items = 1000
-  c.env.dim = 10
-  c.env.reward_scale = 10.0
-  c.env.shared_key = True  # Reference-compatible draws (method.md §5.1).
-  c.env.data_path = ""  # kuairec / matrix.
-  c.env.noise_std = 0.3  # kuairec / matrix multiplicative reward noise.
-  c.env.clip_max = 10.0  # kuairec watch_ratio clip.
 
+def _environment_defaults() -> ml_collections.ConfigDict:
+  """`config.env`: the fixed world (cpg_jax/environments/)."""
+  env = ml_collections.ConfigDict()
+  env.name = "synthetic"
+  env.seed = 0  # The environment's own seed (fixed across training seeds); movielens: the fit's.
+  env.num_contexts = 1000
+  env.num_items = 1000
+  env.dim = 10
+  env.reward_scale = 10.0
+  env.shared_key = True  # Reference-compatible draws (docs/method.md).
+  env.data_path = ""  # kuairec / matrix; movielens: "" = the file installed by recbole.
+  env.noise_std = 0.3  # kuairec / matrix / movielens multiplicative reward noise.
+  env.clip_max = 10.0  # kuairec watch_ratio clip.
+  # movielens: the rating matrix is completed by biased ALS (environments/movielens.py);
+  # these defaults gave the lowest held-out RMSE (0.917) on MovieLens-100K.
+  env.fit_rank = 5  # Factor rank; 0 fits the user and item biases only.
+  env.fit_l2 = 10.0  # Ridge penalty on every bias and factor.
+  env.fit_iterations = 20  # ALS sweeps (users, then items).
+  env.fit_holdout = 0.1  # Fraction of ratings held out to report the fit error.
+  env.cache_dir = ""  # Completed-matrix cache; "" = $XDG_CACHE_HOME/cpg_jax or ~/.cache/cpg_jax.
+  return env
+
+
+def _training_defaults(c: ml_collections.ConfigDict) -> None:
+  """The optimiser and the protocol: steps, evaluation, checkpoints, seeds."""
   c.optimizer = "adagrad"
   c.learning_rate = 0.01
   c.lr_schedule = "constant"
@@ -82,7 +116,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.num_seeds = 10
   c.seed = 0
-  return c
 
 
 def _check_int(config, field: str, low: int, high: float = math.inf) -> int:
@@ -132,24 +165,49 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
   Args:
     config: the experiment config.
     num_items: the catalogue size when it is known only after loading data
-      (reward-matrix environments); defaults to `config.env.num_items`.
+      (reward-matrix environments; without it K <= N is checked later, by
+      `RunSpec.check_catalogue`); defaults to `config.env.num_items` for the
+      synthetic environment.
   """
-  _check_choice(config, "estimator", tuple(ESTIMATORS))
+  _validate_choices(config)
+  _validate_environment(config)
+  _validate_system(config, num_items)
+  _validate_training(config)
+
+
+def _validate_choices(config: ml_collections.ConfigDict) -> None:
+  # The registries live with the numerics (JAX); imported here, when needed.
+  from cpg_jax.numerics import estimators, late_stage, scores  # pylint: disable=g-import-not-at-top
+  from cpg_jax.training import spec  # pylint: disable=g-import-not-at-top
+  _check_choice(config, "estimator", tuple(estimators.ESTIMATORS))
   _check_choice(config, "swr_combine", ("sum", "logsumexp"))
-  _check_choice(config, "lsr", LSR_NAMES)
+  _check_choice(config, "lsr", late_stage.LSR_NAMES)
   _check_choice(config, "position_weights", POSITION_WEIGHTS)
   _check_choice(config, "env.name", ENVIRONMENT_NAMES)
   _check_choice(config, "optimizer", OPTIMIZER_NAMES)
-  _check_choice(config, "score_path", SCORE_PATHS)
-  _check_choice(config, "noise_generator", NOISE_GENERATORS)
-  _check_choice(config, "top_k_kernel", ("xla", "auto", "pallas"))
+  _check_choice(config, "score_path", scores.SCORE_PATHS)
+  _check_choice(config, "noise_generator", scores.NOISE_GENERATORS)
+  _check_choice(config, "top_k_kernel", spec.TOP_K_KERNELS)
   _check_choice(config, "lr_schedule", SCHEDULE_NAMES)
 
+
+def _validate_environment(config: ml_collections.ConfigDict) -> None:
   if config.env.name == "synthetic":
     _check_int(config, "env.num_contexts", 1)
     _check_int(config, "env.num_items", 1)
     _check_int(config, "env.dim", 1)
     _check_float(config, "env.reward_scale", 0.0, low_open=True)
+  elif config.env.name == "movielens":
+    for field in ("env.data_path", "env.cache_dir"):
+      if not isinstance(_get(config, field), str):
+        raise ConfigError(f"config.{field} must be a string (a path, or \"\" for the "
+                          f"default), got {_get(config, field)!r}")
+    _check_float(config, "env.noise_std", 0.0)
+    _check_int(config, "env.fit_rank", 0)
+    _check_float(config, "env.fit_l2", 0.0, low_open=True)
+    _check_int(config, "env.fit_iterations", 1)
+    _check_float(config, "env.fit_holdout", 0.0, 0.5, low_open=True)
+    _check_int(config, "env.seed", 0)
   else:
     if not config.env.data_path:
       raise ConfigError(
@@ -157,11 +215,14 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
           "(the path of the reward matrix file; nothing is downloaded)")
     _check_float(config, "env.noise_std", 0.0)
     _check_float(config, "env.clip_max", 0.0, low_open=True)
-  if num_items is None:
+
+
+def _validate_system(config: ml_collections.ConfigDict, num_items: int | None) -> None:
+  if num_items is None and config.env.name == "synthetic":
     num_items = config.env.num_items
 
   k = _check_int(config, "num_candidates", 1)
-  if k > num_items:
+  if num_items is not None and k > num_items:
     raise ConfigError(
         f"config.num_candidates (K={k}) must be <= the number of items (N={num_items})")
   _check_int(config, "num_outputs", 1, k)
@@ -182,6 +243,8 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
     raise ConfigError("config.noise_generator='threefry' needs config.score_path='dense' "
                       "or 'auto' (the blocked path draws hashed noise per block)")
 
+
+def _validate_training(config: ml_collections.ConfigDict) -> None:
   _check_float(config, "learning_rate", 0.0, low_open=True)
   _check_int(config, "warmup_steps", 0)
   _check_float(config, "grad_clip_norm", 0.0)

@@ -2,36 +2,21 @@
 
 Every mistake a user can make on the command line or in a data file ends in
 one paragraph on stderr that names the input and what is allowed, and a
-non-zero exit code (2), before anything is compiled or written.
+non-zero exit code (2), before anything is compiled or written
+(`cpg_jax.user_errors`).
 """
 
 from __future__ import annotations
 
 import re
-import sys
-import textwrap
 
 from absl import flags
 
-from cpg_jax import checkpointing
-from cpg_jax import config as config_lib
-from cpg_jax import loop
-from cpg_jax import report
-from cpg_jax.environments import DataFileError
+from cpg_jax import user_errors
+from cpg_jax.training import config as config_lib
+from cpg_jax.training import loop
 
-# The errors a user can cause; anything else is a bug and keeps its traceback.
-USER_ERRORS = (config_lib.ConfigError, DataFileError, loop.WorkdirError,
-               checkpointing.IncompatibleCheckpointError,
-               checkpointing.NoIntactCheckpointError)
-
-EXIT_USER_ERROR = 2
-
-
-def fail(message: str) -> None:
-  """Prints `error: message` as one wrapped paragraph and exits with 2."""
-  text = " ".join(str(message).split())
-  print(textwrap.fill(f"error: {text}", width=100), file=sys.stderr)
-  sys.exit(EXIT_USER_ERROR)
+fail = user_errors.exit_with_error
 
 
 def _config_override_args(argv) -> list[str]:
@@ -70,13 +55,9 @@ def parse_flags(argv):
     fail(describe_parse_error(e, argv))
 
 
-def run(config, workdir: str, plot: bool) -> int:
-  """Trains (or resumes) and draws the curves; user errors end in `fail`."""
+def run(config, workdir: str) -> None:
+  """Trains (or resumes); user errors end in `fail`."""
   try:
     loop.train_and_evaluate(config, workdir)
-  except USER_ERRORS as e:
-    fail(str(e))
-  if plot:
-    png = report.write_report([workdir])
-    print(f"Learning curves: {png}")
-  return 0
+  except user_errors.UserError as e:
+    fail(e)

@@ -1,4 +1,4 @@
-"""Candidate sampling for the early-stage ranker (method.md §2).
+"""Candidate sampling for the early-stage ranker (docs/method.md, "The early-stage ranker").
 
 A candidate set is a Plackett-Luce draw of K items without replacement,
 obtained with the Gumbel-top-k trick: the top-K of `scores + Gumbel noise`,
@@ -8,7 +8,7 @@ fills its slots first, its items are removed for every later model, and so on.
 The model that filled slot k, m(k), is static: it depends on K and M only.
 
 Everything is vectorised over the batch; the only Python loop is the static
-loop over the M models. The noise comes from `cpg_jax.noise` (a counter-based
+loop over the M models. The noise comes from `numerics.noise` (a counter-based
 hash by default) through the score table, dense or item-blocked.
 """
 
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpg_jax import scores as scores_lib
+from cpg_jax.numerics.scores import ScoreTable
 
 
 def slot_counts(num_candidates: int, num_models: int) -> tuple[int, ...]:
@@ -40,7 +40,7 @@ def slot_models(counts: Sequence[int]) -> np.ndarray:
 
 
 def fill_slots(
-    scores, counts: Sequence[int], excluded: jax.Array | None = None,
+    scores: ScoreTable, counts: Sequence[int], excluded: jax.Array | None = None,
     key: jax.Array | None = None,
 ) -> jax.Array:
   """The sequential per-model slot procedure.
@@ -50,15 +50,14 @@ def fill_slots(
   `excluded`.
 
   Args:
-    scores: a score table (`cpg_jax.scores`) or a dense `[M, batch, items]`
-      array; not differentiated.
+    scores: the score table (`numerics.scores`); not differentiated.
     counts: static slot counts per model, `len(counts) == M`.
     excluded: optional int32 `[batch, E]`, item ids that may not be taken.
     key: PRNG key for the Gumbel noise; None for the deterministic list.
   Returns:
     int32 `[batch, sum(counts)]`: the items in slot order.
   """
-  scores = scores_lib.as_scores(scores).stop_gradient()
+  scores = scores.stop_gradient()
   chex.assert_equal(len(counts), scores.num_models)
   picks = []
   for m, count in enumerate(counts):  # Static loop over the M models.
@@ -71,26 +70,23 @@ def fill_slots(
   return jnp.concatenate(picks, axis=1)
 
 
-def sample_candidates(key: jax.Array, scores, num_candidates: int) -> jax.Array:
+def sample_candidates(key: jax.Array, scores: ScoreTable, num_candidates: int) -> jax.Array:
   """Draws one Plackett-Luce candidate list per context (Gumbel-top-k).
 
   Args:
     key: PRNG key.
-    scores: a score table or a dense `[M, batch, items]` array (not
-      differentiated).
+    scores: the score table (not differentiated).
     num_candidates: K.
   Returns:
     int32 `[batch, K]`, the candidates in draw order; slot k was filled by
     model `slot_models(slot_counts(K, M))[k]`.
   """
-  scores = scores_lib.as_scores(scores)
   return fill_slots(scores, slot_counts(num_candidates, scores.num_models), key=key)
 
 
-def top_candidates(scores, num_candidates: int) -> jax.Array:
+def top_candidates(scores: ScoreTable, num_candidates: int) -> jax.Array:
   """The deterministic candidate list used for evaluation: `[batch, K]` int32.
 
   The same slot procedure as `sample_candidates`, without noise.
   """
-  scores = scores_lib.as_scores(scores)
   return fill_slots(scores, slot_counts(num_candidates, scores.num_models))

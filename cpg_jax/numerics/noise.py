@@ -25,8 +25,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-_GOLDEN = 0x9E3779B9
-_ROW_MULTIPLIER = 0x85EBCA77
+# The hash's multipliers; public because the fused kernel of `kernels/`
+# regenerates the same noise inside a Pallas program.
+ITEM_MULTIPLIER = 0x9E3779B9
+ROW_MULTIPLIER = 0x85EBCA77
 
 
 def fmix32(x: jax.Array) -> jax.Array:
@@ -47,7 +49,7 @@ def row_salts(words: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Per-row salts (a_r, b_r), each uint32 `[rows]`."""
   rows = rows.astype(jnp.uint32)
   a = fmix32(rows ^ words[0])
-  b = fmix32((rows * jnp.uint32(_ROW_MULTIPLIER)) ^ words[1])
+  b = fmix32((rows * jnp.uint32(ROW_MULTIPLIER)) ^ words[1])
   return a, b
 
 
@@ -58,7 +60,7 @@ def hashed_uniform(salt_a: jax.Array, salt_b: jax.Array, items: jax.Array) -> ja
     salt_a, salt_b: uint32 `[rows]` from `row_salts`.
     items: int `[items]`, global item ids.
   """
-  h = items.astype(jnp.uint32)[None, :] * jnp.uint32(_GOLDEN)
+  h = items.astype(jnp.uint32)[None, :] * jnp.uint32(ITEM_MULTIPLIER)
   h = fmix32(fmix32(h ^ salt_a[:, None]) ^ salt_b[:, None])
   return ((h >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
 

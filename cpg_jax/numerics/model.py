@@ -1,7 +1,7 @@
 """The early-stage ranker's score model: M two-tower Plackett-Luce scorers.
 
 f^m(x, a) = <u^m_x, v^m_a>, learned ID embeddings of dimension `embedding_dim`
-for contexts and items, one pair of tables per model (method.md §2), both
+for contexts and items, one pair of tables per model (docs/method.md), both
 initialised N(0, 1). An optional per-side MLP tower (`tower_layers`) maps the
 ID embedding through hidden layers before the dot product, the hook for
 feature towers.
@@ -80,8 +80,3 @@ class TwoTowerScorer(nn.Module):
     """Scores of every item for each context: float32 `[M, batch, items]`."""
     contexts, items = self.factors(context_ids)
     return jnp.einsum("mbd,mnd->mbn", contexts, items)
-
-
-def init_params(model: TwoTowerScorer, key: jax.Array):
-  """Initial parameters (a pytree) for `model`."""
-  return model.init(key, jnp.zeros((1,), jnp.int32))["params"]

@@ -1,0 +1,150 @@
+"""Builds the pieces of a run from its `RunSpec`: the two-stage pipeline.
+
+The environment (loaded and checked here, before anything is compiled), the
+score model, the late-stage ranker, the estimator's loss and the Optax
+optimiser. `Pipeline` holds the static pieces (no arrays but constants); the
+environment is a pytree and travels separately, as an argument of the
+compiled functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+from cpg_jax import environments
+from cpg_jax.numerics import estimators
+from cpg_jax.numerics import rollout as rollout_lib
+from cpg_jax.numerics import scores as scores_lib
+from cpg_jax.numerics.model import TwoTowerScorer
+from cpg_jax.training.spec import EnvironmentSpec, OptimizerSpec, RunSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+  """The static pieces of one run (no training state).
+
+  Attributes:
+    spec: the run's typed description.
+    model: the ESR's score model.
+    loss_fn: the estimator's surrogate loss.
+    optimizer: the Optax optimiser.
+  """
+
+  spec: RunSpec
+  model: TwoTowerScorer
+  loss_fn: estimators.Loss
+  optimizer: optax.GradientTransformation
+
+  @property
+  def lsr(self):
+    return self.spec.lsr
+
+  def position_weights(self) -> jax.Array:
+    """w_l, float32 `[L]`."""
+    return rollout_lib.position_weights(self.spec.num_outputs, self.spec.position_weights)
+
+  def uses_blocked_scores(self, batch_size: int) -> bool:
+    """Whether a batch of this size is scored in item blocks (static)."""
+    return self.spec.scores.uses_blocked(self.spec.num_models, batch_size,
+                                         self.model.num_items)
+
+  def score_table(self, params, context_ids: jax.Array) -> scores_lib.ScoreTable:
+    """The ESR's scores of every item for `context_ids` `[batch]`, dense or
+    item-blocked by the spec; differentiable in `params`."""
+    contexts, items = self.model.apply({"params": params}, context_ids, method="factors")
+    return self.spec.scores.build(contexts, items)
+
+
+def build_environment(spec: EnvironmentSpec) -> environments.Environment:
+  """The environment of `spec`; data files are read and checked here.
+
+  Raises:
+    environments.DataFileError: a missing or malformed data file.
+  """
+  if spec.name == "synthetic":
+    return environments.make_synthetic_environment(
+        seed=spec.seed,
+        num_contexts=spec.num_contexts,
+        num_items=spec.num_items,
+        context_dim=spec.dim,
+        item_dim=spec.dim,
+        reward_scale=spec.reward_scale,
+        shared_key=spec.shared_key,
+    )
+  if spec.name == "kuairec":
+    return environments.make_kuairec_environment(
+        spec.data_path, noise_std=spec.noise_std, clip_max=spec.clip_max)
+  if spec.name == "movielens":
+    # Logs the completion report (held-out error, cache) at INFO, once per build.
+    return environments.make_movielens_environment(
+        spec.data_path, noise_std=spec.noise_std, rank=spec.fit_rank, l2=spec.fit_l2,
+        iterations=spec.fit_iterations, holdout=spec.fit_holdout, seed=spec.seed,
+        cache_dir=spec.cache_dir)
+  matrix = environments.load_dense_matrix(spec.data_path)
+  return environments.make_reward_matrix_environment(matrix, noise_std=spec.noise_std)
+
+
+def learning_rate_schedule(spec: OptimizerSpec) -> optax.Schedule:
+  lr, steps, warmup = spec.learning_rate, spec.num_steps, spec.warmup_steps
+  if spec.schedule == "constant":
+    return optax.constant_schedule(lr)
+  if spec.schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, decay_steps=steps)
+  if spec.schedule == "linear":
+    return optax.linear_schedule(lr, 0.0, transition_steps=steps)
+  return optax.warmup_cosine_decay_schedule(
+      0.0, lr, warmup_steps=max(warmup, 1), decay_steps=max(steps, warmup + 1))
+
+
+def build_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
+  """The optimiser by name; Adagrad uses PyTorch's defaults (docs/method.md)."""
+  lr = learning_rate_schedule(spec)
+  if spec.name == "adagrad":
+    # PyTorch: initial accumulator 0, eps 1e-10 (optax defaults differ).
+    opt = optax.adagrad(lr, initial_accumulator_value=0.0, eps=1e-10)
+  elif spec.name == "adam":
+    opt = optax.adam(lr)
+  elif spec.name == "adamw":
+    opt = optax.adamw(lr)
+  elif spec.name == "rmsprop":
+    opt = optax.rmsprop(lr)
+  else:
+    opt = optax.sgd(lr)
+  if spec.grad_clip_norm > 0:
+    opt = optax.chain(optax.clip_by_global_norm(spec.grad_clip_norm), opt)
+  return opt
+
+
+def build(spec: RunSpec) -> tuple[Pipeline, environments.Environment]:
+  """Loads the environment and builds every static piece of the run.
+
+  Raises:
+    config.ConfigError: K larger than the loaded catalogue.
+    environments.DataFileError: a missing or malformed data file.
+  """
+  env = build_environment(spec.env)
+  spec.check_catalogue(env.num_items)
+  model = TwoTowerScorer(
+      num_contexts=env.num_contexts,
+      num_items=env.num_items,
+      embedding_dim=spec.embedding_dim,
+      num_models=spec.num_models,
+      tower_layers=spec.tower_layers,
+  )
+  pipeline = Pipeline(
+      spec=spec,
+      model=model,
+      loss_fn=estimators.get_estimator(spec.estimator, spec.swr_combine),
+      optimizer=build_optimizer(spec.optimizer),
+  )
+  return pipeline, env
+
+
+def from_config(config) -> tuple[Pipeline, environments.Environment]:
+  """Validates an `ml_collections.ConfigDict` and builds its pipeline and
+  environment (scripts, benchmarks and tests; the host loop does the same)."""
+  from cpg_jax.training import spec as spec_lib  # pylint: disable=g-import-not-at-top
+  return build(spec_lib.from_config(config))
