@@ -525,10 +525,11 @@ class FusedTopK:
   implementation: str = "auto"
 
   def __call__(self, U, V, k, words, block_items):
-    """ids int32 `[B, k]` of the top-k of U V^T (+ noise if `words`)."""
-    _, ids, _ = fused_topk_lse(U, V, k, words, implementation=self.implementation,
-                               block_items=block_items, with_lse=False)
-    return ids
+    """(values float32 `[B, k]`, ids int32 `[B, k]`) of the top-k of U V^T
+    (+ noise if `words`)."""
+    values, ids, _ = fused_topk_lse(U, V, k, words, implementation=self.implementation,
+                                    block_items=block_items, with_lse=False)
+    return values, ids
 
 
 def fused_topk_lse(U, V, k, words=None, *, implementation="auto",

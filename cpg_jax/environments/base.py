@@ -27,6 +27,10 @@ class Environment(abc.ABC):
 
   num_contexts: int
   num_items: int
+  # {leaf name: its item axis} for the leaves indexed by item id; these are
+  # padded and cut over the mesh's item axis for multi-device runs (the
+  # environment then carries `item_shards`, see `numerics.sharding`).
+  ITEM_AXES: dict[str, int] = {}
 
   @abc.abstractmethod
   def sample_contexts(self, key: jax.Array, batch_size: int) -> jax.Array:

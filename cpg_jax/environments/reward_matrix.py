@@ -32,6 +32,7 @@ import numpy as np
 
 from cpg_jax.environments import base
 from cpg_jax.environments.errors import DataFileError
+from cpg_jax.numerics.sharding import ItemShards
 
 _logger = logging.getLogger(__name__)
 
@@ -54,12 +55,18 @@ class RewardMatrixEnvironment(base.Environment):
   Static fields:
     num_contexts: number of users (context ids are the dense user indices).
     num_items: number of items.
+    item_shards: None, or how the matrix's columns are cut over a mesh axis
+      inside `shard_map` (`numerics.sharding`).
   """
+
+  # The leaves indexed by item id, and the axis of each that is the item axis.
+  ITEM_AXES = {'matrix': 1}
 
   matrix: jax.Array
   num_contexts: int = struct.field(pytree_node=False)
   num_items: int = struct.field(pytree_node=False)
   noise_std: jax.Array | float = 0.3
+  item_shards: ItemShards | None = struct.field(pytree_node=False, default=None)
 
   def sample_contexts(self, key: jax.Array, batch_size: int) -> jax.Array:
     """Draws user ids uniformly. Returns int32 `[batch]`."""
@@ -82,6 +89,8 @@ class RewardMatrixEnvironment(base.Environment):
     chex.assert_rank(item_ids, 2)
     chex.assert_type([context_ids, item_ids], int)
     chex.assert_axis_dimension(item_ids, 0, context_ids.shape[0])
+    if self.item_shards is not None:
+      return self.item_shards.gather_columns(self.matrix, context_ids, item_ids)
     return self.matrix[context_ids[:, None], item_ids]
 
   def mean_reward(self, context_ids: jax.Array, item_ids: jax.Array) -> jax.Array:
@@ -126,8 +135,14 @@ class RewardMatrixEnvironment(base.Environment):
       raise ValueError(f'k must be a Python integer, got {k!r}')
     if not 1 <= k <= self.num_items:
       raise ValueError(f'k must be in [1, num_items={self.num_items}], got {k}')
-    _, ids = lax.top_k(self.expected_score_all(context_ids), int(k))
-    return ids.astype(jnp.int32)
+    shards, q = self.item_shards, self.expected_score_all(context_ids)
+    if shards is None:
+      _, ids = lax.top_k(q, int(k))
+      return ids.astype(jnp.int32)
+    global_ids = shards.global_ids()
+    values, ids = lax.top_k(jnp.where(global_ids < self.num_items, q, -jnp.inf),
+                            min(int(k), shards.local_size))
+    return shards.merge_top_k(values, global_ids[ids], int(k))[1]
 
 
 # ----------------------------------------------------------------- builders --

@@ -34,6 +34,7 @@ import numpy as np
 
 from cpg_jax.environments import base
 from cpg_jax.numerics import blocked
+from cpg_jax.numerics.sharding import ItemShards
 
 # The contractions here are over d ~ 10, so exact float32 costs nothing, while
 # the reduced-precision default of some accelerators (TF32, bf16 passes) would
@@ -68,7 +69,13 @@ class SyntheticEnvironment(base.Environment):
     block_size: items per block when `optimal_items` scans the catalogue.
     dense_budget_bytes: the largest dense `[batch, items]` float32 matrix (in
       bytes) that `optimal_items` and `expected_score_all` may build.
+    item_shards: None, or how the item leaves (`ITEM_AXES`) are cut over a
+      mesh axis inside `shard_map` (`numerics.sharding`): then each device
+      holds its own rows, and gathers and top-k lists combine the shards.
   """
+
+  # The leaves indexed by item id, and the axis of each that is the item axis.
+  ITEM_AXES = {'item_vectors': 0, 'item_eta_root': 0}
 
   item_vectors: jax.Array
   context_m0: jax.Array
@@ -84,6 +91,13 @@ class SyntheticEnvironment(base.Environment):
   shared_key: bool = struct.field(pytree_node=False)
   block_size: int = struct.field(pytree_node=False)
   dense_budget_bytes: int = struct.field(pytree_node=False)
+  item_shards: ItemShards | None = struct.field(pytree_node=False, default=None)
+
+  def _item_rows(self, table: jax.Array, item_ids: jax.Array) -> jax.Array:
+    """Rows of an item leaf for global ids, from their shards if cut."""
+    if self.item_shards is None:
+      return table[item_ids]
+    return self.item_shards.gather_rows(table, item_ids)
 
   def sample_contexts(self, key: jax.Array, batch_size: int) -> jax.Array:
     """Draws context ids uniformly. Returns int32 `[batch]`."""
@@ -132,8 +146,8 @@ class SyntheticEnvironment(base.Environment):
         self.context_m0[context_ids],
         self.context_mz[context_ids],
         self.context_eta_root[context_ids],
-        self.item_vectors[item_ids],
-        self.item_eta_root[item_ids],
+        self._item_rows(self.item_vectors, item_ids),
+        self._item_rows(self.item_eta_root, item_ids),
         'bd,bnd->bn',
     )
 
@@ -150,7 +164,7 @@ class SyntheticEnvironment(base.Environment):
     xwe = jnp.einsum(
         'bd,bnd->bn',
         self.context_w[context_ids],
-        self.item_vectors[item_ids],
+        self._item_rows(self.item_vectors, item_ids),
         precision=_EXACT,
     )
     return jax.nn.sigmoid(xwe + 1.0)
@@ -173,7 +187,7 @@ class SyntheticEnvironment(base.Environment):
     return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
 
   def _check_dense(self, batch: int, what: str) -> None:
-    need = batch * self.num_items * _FLOAT_BYTES
+    need = batch * self.item_vectors.shape[0] * _FLOAT_BYTES
     if need > self.dense_budget_bytes:
       raise ValueError(
           f'{what} would build a dense [{batch}, {self.num_items}] float32 '
@@ -188,7 +202,8 @@ class SyntheticEnvironment(base.Environment):
     Args:
       context_ids: int `[batch]`.
     Returns:
-      float32 `[batch, items]`.
+      float32 `[batch, items]` (with `item_shards`: this device's rows, padding
+      included).
     Raises:
       ValueError: if the result would exceed `dense_budget_bytes`.
     """
@@ -224,28 +239,47 @@ class SyntheticEnvironment(base.Environment):
       raise ValueError(f'k must be in [1, num_items={self.num_items}], got {k}')
     chex.assert_rank(context_ids, 1)
     chex.assert_type(context_ids, int)
-    batch = context_ids.shape[0]
-    if batch * self.num_items * _FLOAT_BYTES <= self.dense_budget_bytes:
-      _, ids = lax.top_k(self.expected_score_all(context_ids), int(k))
-      return ids.astype(jnp.int32)
-    return self._optimal_items_blocked(context_ids, int(k))
+    shards, k = self.item_shards, int(k)
+    rows = self.item_vectors.shape[0]  # N, or this shard's rows
+    if shards is None:
+      return self._local_top_q(context_ids, k, rows)[1]
+    values, ids = self._local_top_q(context_ids, min(k, rows), rows)
+    return shards.merge_top_k(values, ids, k)[1]
 
-  def _optimal_items_blocked(self, context_ids: jax.Array, k: int) -> jax.Array:
+  def _local_top_q(self, context_ids: jax.Array, k: int, rows: int
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Top-k (q, global id) over this device's `rows` item rows (all of
+    them when not sharded), dense when it fits, else by blocks."""
+    shards = self.item_shards
+    if context_ids.shape[0] * rows * _FLOAT_BYTES <= self.dense_budget_bytes:
+      q = self.expected_score_all(context_ids)
+      if shards is None:
+        values, ids = lax.top_k(q, k)
+        return values, ids.astype(jnp.int32)
+      global_ids = shards.global_ids()
+      values, ids = lax.top_k(jnp.where(global_ids < self.num_items, q, -jnp.inf), k)
+      return values, global_ids[ids]
+    return self._local_top_q_blocked(context_ids, k, rows)
+
+  def _local_top_q_blocked(self, context_ids: jax.Array, k: int, rows: int
+                           ) -> tuple[jax.Array, jax.Array]:
     xm0 = self.context_m0[context_ids]
     xmz = self.context_mz[context_ids]
     gx = self.context_eta_root[context_ids]
-    _, size = blocked.layout(self.num_items, self.block_size)
+    _, size = blocked.layout(rows, self.block_size)
+    offset = 0 if self.item_shards is None else self.item_shards.offset()
 
     def body(best, block):
       e = blocked.rows(self.item_vectors, block, size)
       ga = blocked.rows(self.item_eta_root, block, size)
       q = self._q(xm0, xmz, gx, e, ga, 'bd,nd->bn')
-      q = jnp.where(block.fresh, q, -jnp.inf)
-      return blocked.merge_top_k(*best, q, block.ids, k), None
+      ids = block.ids + offset
+      q = jnp.where(block.fresh & (ids < self.num_items), q, -jnp.inf)
+      return blocked.merge_top_k(*best, q, ids, k), None
 
     init = blocked.empty_top_k(context_ids.shape[0], k, xm0.dtype)
-    (_, ids), _ = blocked.scan(body, init, self.num_items, self.block_size)
-    return ids
+    best, _ = blocked.scan(body, init, rows, self.block_size, like=self.item_vectors)
+    return best
 
 
 def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:

@@ -29,6 +29,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cpg_jax.numerics import sharding
+
 
 class Block(NamedTuple):
   """Where one block of the scan lies.
@@ -69,12 +71,16 @@ def rows(table: jax.Array, block: Block, size: int) -> jax.Array:
   return jax.lax.dynamic_slice_in_dim(table, block.first, size, axis=0)
 
 
-def scan(body: Callable, init, num_items: int, block_size: int):
+def scan(body: Callable, init, num_items: int, block_size: int, like: jax.Array | None = None):
   """`lax.scan` of `body(carry, block) -> (carry, output)` over all blocks.
 
+  `like`: an array the body's carry values derive from; inside `shard_map`
+  the initial carry is marked as varying over the same mesh axes.
   Returns (final carry, stacked outputs), as `lax.scan` does.
   """
   num_blocks, block = layout(num_items, block_size)
+  if like is not None:
+    init = sharding.varying_like(init, like)
   return jax.lax.scan(lambda carry, j: body(carry, block_at(j, num_items, block)),
                       init, jnp.arange(num_blocks))
 

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from cpg_jax.training import config as config_lib
 from cpg_jax.user_errors import UserError
@@ -33,6 +34,8 @@ from cpg_jax.user_errors import UserError
 # Changing these does not change the trajectory of training.
 COMPATIBLE_FIELDS = frozenset({
     "num_steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints",
+    # A run may resume on another mesh (candidates are the same on any mesh).
+    "mesh.seeds", "mesh.items",
 })
 # num_steps shapes the learning-rate schedule unless it is constant.
 SCHEDULE_DEPENDENT = frozenset({"num_steps"})
@@ -97,10 +100,21 @@ class Checkpointer:
   overwritten.
   """
 
-  def __init__(self, workdir: str, keep: int, log=print):
+  def __init__(self, workdir: str, keep: int, log=print, host_view=None):
+    """Opens (or creates) `<workdir>/checkpoints`; on every process.
+
+    Args:
+      workdir: the run's directory.
+      keep: how many checkpoints to keep.
+      log: where warnings about damaged checkpoints go.
+      host_view: `state -> NumPy pytree` the digest is taken of (default: the
+        arrays as they are); a sharded run passes its whole, unpadded state,
+        so the digest does not depend on the mesh.
+    """
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.damaged_directory = os.path.abspath(os.path.join(workdir, "damaged_checkpoints"))
     self._log = log
+    self._host_view = host_view or (lambda state: state)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -115,7 +129,8 @@ class Checkpointer:
 
   def save(self, step: int, state, config: Mapping[str, Any]) -> None:
     """Starts an asynchronous save of `state` and `config` at `step`."""
-    meta = {"config": dict(config), "step": int(step), "state_sha256": state_digest(state)}
+    meta = {"config": dict(config), "step": int(step),
+            "state_sha256": state_digest(self._host_view(state))}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
@@ -126,16 +141,21 @@ class Checkpointer:
   def restore(self, step: int, abstract_state):
     """(state, meta) of `step`, into the structure of `abstract_state`.
 
+    `abstract_state` carries the shapes (and, for a mesh, the shardings) of
+    this run; a checkpoint written on another mesh restores into it, its
+    item leaves padded or cut to this mesh's padding (only padding rows
+    differ; the digest of the unpadded state checks that).
+
     Raises:
       DamagedCheckpointError: unreadable files or a digest mismatch.
     """
     try:
       meta = self.restore_meta(step)
       state = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))["state"]
+          state=ocp.args.StandardRestore(abstract_state, strict=False)))["state"]
     except Exception as e:  # Orbax/TensorStore raise many types for bad files.
       raise DamagedCheckpointError(f"unreadable ({type(e).__name__}: {e})") from e
-    if state_digest(state) != meta.get("state_sha256"):
+    if state_digest(self._host_view(state)) != meta.get("state_sha256"):
       raise DamagedCheckpointError("its contents do not match the digest saved with it")
     return state, meta
 
@@ -172,10 +192,13 @@ class Checkpointer:
     return None
 
   def _set_aside(self, step: int, reason: str) -> None:
-    os.makedirs(self.damaged_directory, exist_ok=True)
-    source = os.path.join(self.directory, str(step))
-    target = os.path.join(self.damaged_directory, f"{step}.{int(time.time())}")
-    shutil.move(source, target)
+    target = os.path.join(self.damaged_directory, f"{step}")
+    if jax.process_index() == 0:  # One process moves it; the others wait for it.
+      os.makedirs(self.damaged_directory, exist_ok=True)
+      target = f"{target}.{int(time.time())}"
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"cpg_jax set aside checkpoint {step}")
     self._manager.reload()
     self._log(f"WARNING: checkpoint at step {step} is damaged: {reason}. "
               f"Moved it to {target}; falling back to an older checkpoint.")
@@ -185,6 +208,10 @@ class Checkpointer:
     self._manager.close()
 
 
-def abstract_like(state):
-  """Shape/dtype structs of `state`, the restore target."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+def abstract_like(state, shardings=None):
+  """Shape/dtype structs of `state` (with `shardings`, a matching pytree of
+  `jax.sharding.Sharding`, for a mesh): the restore target."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)

@@ -14,6 +14,7 @@ from absl import flags
 
 from cpg_jax import user_errors
 from cpg_jax.training import config as config_lib
+from cpg_jax.training import distributed
 from cpg_jax.training import loop
 
 fail = user_errors.exit_with_error
@@ -53,6 +54,23 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except Exception as e:  # config_flags raises KeyError, OSError, flags.Error, ...
     fail(describe_parse_error(e, argv))
+
+
+def start_devices(cpu_devices: int | None, coordinator_address: str | None,
+                  num_processes: int | None, process_id: int | None,
+                  auto_detect: bool) -> None:
+  """Splits the CPU into devices and starts `jax.distributed` when asked;
+  before anything else touches the devices. User errors end in `fail`."""
+  try:
+    if cpu_devices is not None:
+      distributed.set_cpu_devices(cpu_devices)
+    distributed.initialize(coordinator_address, num_processes, process_id, auto_detect)
+  except user_errors.UserError as e:
+    fail(e)
+
+
+def is_primary() -> bool:
+  return distributed.is_primary()
 
 
 def run(config, workdir: str) -> None:

@@ -116,6 +116,12 @@ def _training_defaults(c: ml_collections.ConfigDict) -> None:
   c.keep_checkpoints = 3
   c.num_seeds = 10
   c.seed = 0
+  # Devices on the seed axis x devices on the item axis (0: auto; see
+  # cpg_jax/training/mesh.py). Auto puts as many devices on seeds as divide
+  # num_seeds, the rest on items; one device runs the single-device program.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.seeds = 0
+  c.mesh["items"] = 0  # (`c.mesh.items` is the ConfigDict method)
 
 
 def _check_int(config, field: str, low: int, high: float = math.inf) -> int:
@@ -258,6 +264,8 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
   _check_int(config, "keep_checkpoints", 1)
   _check_int(config, "num_seeds", 1)
   _check_int(config, "seed", 0)
+  _check_int(config, "mesh.seeds", 0)
+  _check_int(config, "mesh.items", 0)
 
 
 def parse_config_arg(arg: str, defaults: dict[str, str], config_file: str) -> dict[str, str]:

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from cpg_jax.environments.base import Environment
 from cpg_jax.numerics.late_stage import LateStageRanker
 from cpg_jax.training import interaction
+from cpg_jax.training import mesh as mesh_lib
 from cpg_jax.training import streams
 from cpg_jax.training.pipeline import Pipeline
 from cpg_jax.training.state import TrainState
@@ -76,15 +78,27 @@ def evaluate_seed(pipeline: Pipeline, env: Environment, state: TrainState) -> di
           "recall": mean(recall)}
 
 
-def make_evaluate(pipeline: Pipeline):
-  """A jitted `evaluate(states, env) -> dict of [seeds] arrays`."""
-  return jax.jit(jax.vmap(lambda states, env: evaluate_seed(pipeline, env, states),
-                          in_axes=(0, None)))
+def make_evaluate(pipeline: Pipeline, mesh: jax.sharding.Mesh | None = None):
+  """A jitted `evaluate(states, env) -> dict of [seeds] arrays` (inside one
+  `shard_map` over `mesh` when given, as the training chunk)."""
+  per_seed = jax.vmap(lambda states, env: evaluate_seed(pipeline, env, states),
+                      in_axes=(0, None))
+  if mesh is None:
+    return jax.jit(per_seed)
+
+  def sharded(states, env):
+    sharded = pipeline.item_shards is not None
+    return jax.shard_map(per_seed, mesh=mesh,
+                         in_specs=(mesh_lib.state_specs(states, sharded),
+                                   mesh_lib.env_specs(env, sharded)),
+                         out_specs=P(mesh_lib.SEED_AXIS))(states, env)
+  return jax.jit(sharded)
 
 
-def reference_values(pipeline: Pipeline, env: Environment, seed: int) -> dict:
+def reference_values(pipeline: Pipeline, env: Environment, seed: int,
+                     mesh: jax.sharding.Mesh | None = None) -> dict:
   """Noise-free values of the optimal ESR with the optimal and with the
-  configured LSR (floats)."""
+  configured LSR (floats); inside `shard_map` over `mesh` when given."""
   spec = pipeline.spec
   k = spec.num_candidates
   if env.num_contexts <= EXACT_REFERENCE_CONTEXTS:
@@ -100,7 +114,6 @@ def reference_values(pipeline: Pipeline, env: Environment, seed: int) -> dict:
   weights = pipeline.position_weights()
   keys = jax.random.split(jax.random.key(seed), contexts.shape[0])
 
-  @jax.jit
   def compute(env, contexts, keys):
     def one_batch(args):
       context_ids, batch_key = args
@@ -116,5 +129,8 @@ def reference_values(pipeline: Pipeline, env: Environment, seed: int) -> dict:
     mean = lambda x: jnp.sum(jnp.where(valid, x, 0.0)) / n
     return mean(opt), mean(esr)
 
-  optimal, optimal_esr = compute(env, contexts, keys)
+  if mesh is not None:
+    env_specs = mesh_lib.env_specs(env, pipeline.item_shards is not None)
+    compute = jax.shard_map(compute, mesh=mesh, in_specs=(env_specs, P(), P()), out_specs=P())
+  optimal, optimal_esr = jax.jit(compute)(env, contexts, keys)
   return {"optimal_value": float(optimal), "optimal_esr_value": float(optimal_esr)}

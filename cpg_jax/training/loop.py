@@ -6,6 +6,11 @@ where a run was resumed. At each end, in this order: progress line, evaluation
 (appended to metrics.jsonl), checkpoint. A checkpoint at step t therefore
 always comes after the evaluation record of step t, and a resume from t drops
 only records that a later, lost part of the run wrote.
+
+On several devices the loop is the same: the states and the environment live
+on the mesh (`training.mesh`), host copies are taken for the records
+(`training.distributed.to_host`), and with several processes every process
+runs this loop while only the primary one writes files and lines.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import numpy as np
 
 from cpg_jax.environments.base import Environment
 from cpg_jax.training import checkpointing
+from cpg_jax.training import distributed
 from cpg_jax.training import evaluation
+from cpg_jax.training import mesh as mesh_lib
 from cpg_jax.training import metrics_log
 from cpg_jax.training import pipeline as pipeline_lib
 from cpg_jax.training import spec as spec_lib
@@ -88,29 +95,63 @@ class _Run:
   spec: spec_lib.RunSpec
   pipeline: pipeline_lib.Pipeline
   env: Environment
+  mesh: jax.sharding.Mesh | None
   workdir: str
   config_dict: dict[str, Any]
   checkpointer: checkpointing.Checkpointer
   metrics_file: metrics_log.MetricsLog
   log: Callable[[str], None]
+  primary: bool
 
 
 def _open(config: ml_collections.ConfigDict, workdir: str, log) -> _Run:
-  """Validates, loads data and opens the workdir (nothing compiled yet)."""
+  """Validates, loads data, lays out the mesh and opens the workdir
+  (nothing compiled yet)."""
   spec = spec_lib.from_config(config)
-  pipeline, env = pipeline_lib.build(spec)
+  shape = mesh_lib.resolve(spec.mesh_seeds, spec.mesh_items, jax.device_count(),
+                           spec.num_seeds)
+  mesh = None if shape.is_single_device else mesh_lib.build(shape)
+  pipeline, env = pipeline_lib.build(spec, None if mesh is None else shape.item_shards)
+  if mesh is not None:
+    env = mesh_lib.place_env(env, mesh, pipeline.item_shards)
   _check_workdir(workdir)
-  return _Run(spec=spec, pipeline=pipeline, env=env, workdir=workdir,
+  primary = distributed.is_primary()
+  quiet = lambda _: None
+  num_items = env.num_items
+  host_view = lambda states: mesh_lib.unpad_states(distributed.to_host(states), num_items)
+  return _Run(spec=spec, pipeline=pipeline, env=env, mesh=mesh, workdir=workdir,
               config_dict=config.to_dict(),
-              checkpointer=checkpointing.Checkpointer(workdir, spec.keep_checkpoints, log=log),
-              metrics_file=metrics_log.MetricsLog(workdir), log=log)
+              checkpointer=checkpointing.Checkpointer(
+                  workdir, spec.keep_checkpoints, log=log if primary else quiet,
+                  host_view=host_view),
+              metrics_file=metrics_log.MetricsLog(workdir), log=log if primary else quiet,
+              primary=primary)
+
+
+def _mesh_text(run: _Run) -> str:
+  if run.mesh is None:
+    return "1 device"
+  shape = run.mesh.shape
+  hosts = f" on {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  return (f"mesh {shape[mesh_lib.SEED_AXIS]} seeds x {shape[mesh_lib.ITEM_AXIS]} items "
+          f"({jax.device_count()} {jax.devices()[0].platform} devices{hosts})")
 
 
 def _restore_or_init(run: _Run):
-  """(latest checkpointed step or None, batched states); refuses a workdir
-  whose checkpoints came from an incompatible config."""
-  seeds = run.spec.seeds
+  """(latest checkpointed step or None, batched states on the run's mesh);
+  refuses a workdir whose checkpoints came from an incompatible config."""
+  seeds, shards = run.spec.seeds, run.pipeline.item_shards
   fresh = jax.eval_shape(lambda: state_lib.init_states(run.pipeline, seeds))
+  # The restore target carries this run's layout, so a checkpoint written on
+  # another mesh (or device count) is read into it.
+  if run.mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: device, fresh)
+  else:
+    if shards is not None:
+      fresh = jax.eval_shape(lambda s: mesh_lib.pad_states(s, shards.padded_size), fresh)
+    shardings = jax.tree.map(lambda spec: jax.sharding.NamedSharding(run.mesh, spec),
+                             mesh_lib.state_specs(fresh, shards is not None))
 
   def refuse_if_incompatible(saved_config):
     differences = checkpointing.config_differences(saved_config, run.config_dict)
@@ -122,20 +163,26 @@ def _restore_or_init(run: _Run):
           + ". Use a new --workdir, or restore the old values.")
 
   restored = run.checkpointer.restore_latest_intact(
-      checkpointing.abstract_like(fresh), refuse_if_incompatible)
+      checkpointing.abstract_like(fresh, shardings), refuse_if_incompatible)
   if restored is not None:
     latest, states = restored
-    run.metrics_file.truncate_after(latest)
-    run.log(f"Resumed from {run.checkpointer.directory} at step {latest}.")
+    if run.primary:
+      run.metrics_file.truncate_after(latest)
+    run.log(f"Resumed from {run.checkpointer.directory} at step {latest} ({_mesh_text(run)}).")
     return latest, states
-  run.metrics_file.truncate_after(-1)
-  return None, state_lib.init_states(run.pipeline, seeds)
+  if run.primary:
+    run.metrics_file.truncate_after(-1)
+  states = state_lib.init_states(run.pipeline, seeds)
+  if run.mesh is not None:
+    states = mesh_lib.place_states(states, run.mesh, shards)
+  return None, states
 
 
 def _record(step: int, metrics: dict, states, reference: dict,
             steps_per_sec: float) -> metrics_log.EvalRecord:
+  diverged, diverged_step = distributed.to_host((states.diverged, states.diverged_step))
   return metrics_log.EvalRecord.from_evaluation(
-      step, metrics, states.diverged, states.diverged_step, reference, steps_per_sec)
+      step, distributed.to_host(metrics), diverged, diverged_step, reference, steps_per_sec)
 
 
 def train_and_evaluate(
@@ -150,26 +197,30 @@ def train_and_evaluate(
     config: the experiment config (validated here, before compiling).
     workdir: where config.json, metrics.jsonl and checkpoints/ live.
     step_fn: the per-seed training step (tests inject failures through it).
-    log: where human-readable lines go.
+    log: where human-readable lines go (the primary process's only).
   Returns:
-    The final batched `TrainState` (leading `[seeds]` axis).
+    The final batched `TrainState` (leading `[seeds]` axis; on the mesh
+    when there are several devices).
   Raises:
     ConfigError, DataFileError, WorkdirError, IncompatibleCheckpointError,
     NoIntactCheckpointError: before anything is compiled.
   """
   run = _open(config, workdir, log)
   latest, states = _restore_or_init(run)
-  metrics_log.atomic_write_text(
-      os.path.join(workdir, metrics_log.CONFIG_FILE),
-      json.dumps(run.config_dict, indent=2, sort_keys=True) + "\n")
+  if run.primary:
+    metrics_log.atomic_write_text(
+        os.path.join(workdir, metrics_log.CONFIG_FILE),
+        json.dumps(run.config_dict, indent=2, sort_keys=True) + "\n")
   try:
-    states, stopped_early = _train(run, states, latest, step_fn)
+    with distributed.fail_fast_if_a_peer_dies():
+      states, stopped_early = _train(run, states, latest, step_fn)
   finally:
     # Also on an exception: an asynchronous save in flight is completed, so
     # the checkpoint it started is either whole or absent.
     run.checkpointer.close()
   if not stopped_early:
-    log(f"Done: {int(np.asarray(states.step)[0])} steps. Metrics in {run.metrics_file.path}")
+    step = int(distributed.to_host(states.step)[0])
+    run.log(f"Done: {step} steps. Metrics in {run.metrics_file.path}")
   return states
 
 
@@ -177,19 +228,21 @@ def _train(run: _Run, states, latest: int | None, step_fn):
   """The chunks from the states' step to `num_steps`. Returns (states,
   whether a stop request ended it early)."""
   spec, env, log = run.spec, run.env, run.log
-  step = int(np.asarray(states.step)[0])
-  chunk = step_lib.make_train_chunk(run.pipeline, step_fn)
-  evaluate = evaluation.make_evaluate(run.pipeline)
-  reference = evaluation.reference_values(run.pipeline, env, spec.env.seed)
+  step = int(distributed.to_host(states.step)[0])
+  chunk = step_lib.make_train_chunk(run.pipeline, step_fn, run.mesh)
+  evaluate = evaluation.make_evaluate(run.pipeline, run.mesh)
+  reference = evaluation.reference_values(run.pipeline, env, spec.env.seed, run.mesh)
   seeds = spec.seeds
   log(f"Training {spec.estimator} | K={spec.num_candidates} L={spec.num_outputs} "
       f"M={spec.num_models} lsr={spec.lsr.name} | seeds {seeds[0]}..{seeds[-1]} | "
-      f"{spec.num_steps} steps | optimum {reference['optimal_value']:.4f} | "
-      f"workdir {run.workdir}")
+      f"{spec.num_steps} steps | {_mesh_text(run)} | optimum "
+      f"{reference['optimal_value']:.4f} | workdir {run.workdir}")
 
-  progress = metrics_log.Progress(spec.num_steps, step)
+  progress = metrics_log.Progress(spec.num_steps, step) if run.primary else None
   if step == 0 and not metrics_log.read_records(run.workdir):
-    run.metrics_file.append(_record(0, evaluate(states, env), states, reference, 0.0))
+    record = _record(0, evaluate(states, env), states, reference, 0.0)
+    if run.primary:
+      run.metrics_file.append(record)
 
   last_saved = latest
   with _sigterm_requests_stop() as stop:
@@ -198,23 +251,26 @@ def _train(run: _Run, states, latest: int | None, step_fn):
       states, step_metrics = chunk(states, env, target - step)
       step = target
       jax.block_until_ready(states)
-      rate = progress.rate(step)
+      rate = progress.rate(step) if progress else 0.0
       if step % spec.log_every == 0 or step == spec.num_steps:
-        loss = np.asarray(step_metrics["loss"], np.float64)
-        reward = np.asarray(step_metrics["reward"], np.float64)
-        progress.line(step, rate, {"loss": float(np.nanmean(loss)),
-                                   "train_reward": float(np.nanmean(reward)),
-                                   "diverged": int(np.asarray(states.diverged).sum())})
+        metrics = distributed.to_host(step_metrics)
+        diverged = int(distributed.to_host(states.diverged).sum())
+        if progress:
+          progress.line(step, rate, {"loss": float(np.nanmean(metrics["loss"])),
+                                     "train_reward": float(np.nanmean(metrics["reward"])),
+                                     "diverged": diverged})
       if step % spec.eval_every == 0 or step == spec.num_steps:
         record = _record(step, evaluate(states, env), states, reference, rate)
-        run.metrics_file.append(record)
+        if run.primary:
+          run.metrics_file.append(record)
         log(f"  eval step {step}: policy value {record.mean('policy_value'):.4f} "
             f"(optimum {reference['optimal_value']:.4f}), "
             f"recall {record.mean('recall'):.3f}")
-      if step % spec.checkpoint_every == 0 or step == spec.num_steps or stop.requested:
+      stopping = distributed.any_process(stop.requested)
+      if step % spec.checkpoint_every == 0 or step == spec.num_steps or stopping:
         run.checkpointer.save(step, states, run.config_dict)
         last_saved = step
-      if stop.requested:
+      if stopping:
         log(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
         return states, True
   if last_saved != step:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from cpg_jax import environments
@@ -19,6 +20,8 @@ from cpg_jax.numerics import estimators
 from cpg_jax.numerics import rollout as rollout_lib
 from cpg_jax.numerics import scores as scores_lib
 from cpg_jax.numerics.model import TwoTowerScorer
+from cpg_jax.numerics.sharding import ItemShards
+from cpg_jax.training import mesh as mesh_lib
 from cpg_jax.training.spec import EnvironmentSpec, OptimizerSpec, RunSpec
 
 
@@ -28,15 +31,27 @@ class Pipeline:
 
   Attributes:
     spec: the run's typed description.
-    model: the ESR's score model.
+    model: the ESR's score model (over the whole catalogue: its parameters
+      are initialised with it).
     loss_fn: the estimator's surrogate loss.
     optimizer: the Optax optimiser.
+    item_shards: None, or how the catalogue is cut over the mesh's item
+      axis; then the compiled functions run inside `shard_map`, each device
+      with its own rows (`local_model`).
   """
 
   spec: RunSpec
   model: TwoTowerScorer
   loss_fn: estimators.Loss
   optimizer: optax.GradientTransformation
+  item_shards: ItemShards | None = None
+
+  @property
+  def local_model(self) -> TwoTowerScorer:
+    """The score model over this device's rows of the catalogue."""
+    if self.item_shards is None:
+      return self.model
+    return self.model.clone(num_items=self.item_shards.local_size)
 
   @property
   def lsr(self):
@@ -49,13 +64,14 @@ class Pipeline:
   def uses_blocked_scores(self, batch_size: int) -> bool:
     """Whether a batch of this size is scored in item blocks (static)."""
     return self.spec.scores.uses_blocked(self.spec.num_models, batch_size,
-                                         self.model.num_items)
+                                         self.local_model.num_items)
 
   def score_table(self, params, context_ids: jax.Array) -> scores_lib.ScoreTable:
     """The ESR's scores of every item for `context_ids` `[batch]`, dense or
     item-blocked by the spec; differentiable in `params`."""
-    contexts, items = self.model.apply({"params": params}, context_ids, method="factors")
-    return self.spec.scores.build(contexts, items)
+    contexts, items = self.local_model.apply({"params": params}, context_ids,
+                                             method="factors")
+    return self.spec.scores.build(contexts, items, self.item_shards)
 
 
 def build_environment(spec: EnvironmentSpec) -> environments.Environment:
@@ -99,8 +115,13 @@ def learning_rate_schedule(spec: OptimizerSpec) -> optax.Schedule:
       0.0, lr, warmup_steps=max(warmup, 1), decay_steps=max(steps, warmup + 1))
 
 
-def build_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
-  """The optimiser by name; Adagrad uses PyTorch's defaults (docs/method.md)."""
+def build_optimizer(spec: OptimizerSpec, item_shards: ItemShards | None = None
+                    ) -> optax.GradientTransformation:
+  """The optimiser by name; Adagrad uses PyTorch's defaults (docs/method.md).
+
+  With `item_shards` (inside `shard_map`), gradient clipping takes the
+  global norm over every shard's rows.
+  """
   lr = learning_rate_schedule(spec)
   if spec.name == "adagrad":
     # PyTorch: initial accumulator 0, eps 1e-10 (optax defaults differ).
@@ -114,12 +135,34 @@ def build_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
   else:
     opt = optax.sgd(lr)
   if spec.grad_clip_norm > 0:
-    opt = optax.chain(optax.clip_by_global_norm(spec.grad_clip_norm), opt)
+    clip = (optax.clip_by_global_norm(spec.grad_clip_norm) if item_shards is None
+            else _clip_by_sharded_global_norm(spec.grad_clip_norm, item_shards))
+    opt = optax.chain(clip, opt)
   return opt
 
 
-def build(spec: RunSpec) -> tuple[Pipeline, environments.Environment]:
+def _clip_by_sharded_global_norm(max_norm: float, shards: ItemShards
+                                 ) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm for updates whose item leaves are cut over the
+  mesh's item axis: their squares are summed over the shards."""
+
+  def update(updates, state, params=None):
+    del params
+    def squares(path, x):
+      total = jnp.sum(jnp.square(x))
+      return jax.lax.psum(total, shards.axis) if mesh_lib.is_item_leaf(path) else total
+    norm = jnp.sqrt(sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(squares, updates))))
+    scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+    return jax.tree.map(lambda t: (t * scale).astype(t.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def build(spec: RunSpec, item_shards_of=None) -> tuple[Pipeline, environments.Environment]:
   """Loads the environment and builds every static piece of the run.
+
+  `item_shards_of(num_items)`: how the loaded catalogue is cut over the
+  mesh (`MeshShape.item_shards`); None for one device.
 
   Raises:
     config.ConfigError: K larger than the loaded catalogue.
@@ -134,11 +177,13 @@ def build(spec: RunSpec) -> tuple[Pipeline, environments.Environment]:
       num_models=spec.num_models,
       tower_layers=spec.tower_layers,
   )
+  item_shards = None if item_shards_of is None else item_shards_of(env.num_items)
   pipeline = Pipeline(
       spec=spec,
       model=model,
       loss_fn=estimators.get_estimator(spec.estimator, spec.swr_combine),
-      optimizer=build_optimizer(spec.optimizer),
+      optimizer=build_optimizer(spec.optimizer, item_shards),
+      item_shards=item_shards,
   )
   return pipeline, env
 

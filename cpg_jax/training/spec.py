@@ -72,6 +72,8 @@ class RunSpec:
       the host loop's schedule.
     eval_contexts, eval_batch_size: evaluation.
     num_seeds, seed: the seeds trained together (seed .. seed + num_seeds - 1).
+    mesh_seeds, mesh_items: the device mesh asked for (0: auto;
+      `training.mesh.resolve` fits it to the devices).
   """
 
   estimator: str
@@ -95,6 +97,8 @@ class RunSpec:
   keep_checkpoints: int
   num_seeds: int
   seed: int
+  mesh_seeds: int = 0
+  mesh_items: int = 0
 
   @property
   def num_outputs(self) -> int:
@@ -167,4 +171,6 @@ def from_config(config: ml_collections.ConfigDict) -> RunSpec:
       keep_checkpoints=int(c.keep_checkpoints),
       num_seeds=int(c.num_seeds),
       seed=int(c.seed),
+      mesh_seeds=int(c.mesh.seeds),
+      mesh_items=int(c.mesh["items"]),  # `.items` is a ConfigDict method
   )

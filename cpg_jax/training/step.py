@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import optax
 
 from cpg_jax.environments.base import Environment
 from cpg_jax.training import interaction
+from cpg_jax.training import mesh as mesh_lib
 from cpg_jax.training import streams
 from cpg_jax.training.pipeline import Pipeline
 from cpg_jax.training.state import TrainState
@@ -58,6 +60,8 @@ def train_step(
   new_params = optax.apply_updates(state.params, updates)
 
   finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
+  if pipeline.item_shards is not None:  # Every shard must agree to apply the step.
+    finite = pipeline.item_shards.all_true(finite)
   newly_diverged = ~finite & ~state.diverged
   apply = finite & ~state.diverged
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
@@ -77,21 +81,32 @@ def train_step(
   return new_state, metrics
 
 
-def make_train_chunk(pipeline: Pipeline, step_fn=train_step):
+def make_train_chunk(pipeline: Pipeline, step_fn=train_step,
+                     mesh: jax.sharding.Mesh | None = None):
   """A jitted `chunk(states, env, num_steps) -> (states, metrics)`.
 
   `states` carry a leading `[seeds]` axis; `num_steps` is static (one
   compilation per distinct chunk length). Metrics are `[num_steps, seeds]`.
-  `step_fn` can be replaced (tests inject failures through it).
+  `step_fn` can be replaced (tests inject failures through it). With a
+  `mesh`, the chunk runs inside one `shard_map` over it: each device steps
+  its own seeds (vmapped) on its own rows of the catalogue (the states and
+  the environment must be padded and placed by `training.mesh`).
   """
 
-  def one_step_all_seeds(env, states):
-    return jax.vmap(lambda s: step_fn(pipeline, env, s))(states)
+  def local_chunk(states, env, num_steps):
+    def body(carry, _):
+      return jax.vmap(lambda s: step_fn(pipeline, env, s))(carry)
+    return jax.lax.scan(body, states, None, length=num_steps)
 
   def chunk(states, env, num_steps):
-    def body(carry, _):
-      return one_step_all_seeds(env, carry)
-    return jax.lax.scan(body, states, None, length=num_steps)
+    if mesh is None:
+      return local_chunk(states, env, num_steps)
+    sharded = pipeline.item_shards is not None
+    specs = mesh_lib.state_specs(states, sharded)
+    return jax.shard_map(
+        lambda s, e: local_chunk(s, e, num_steps), mesh=mesh,
+        in_specs=(specs, mesh_lib.env_specs(env, sharded)),
+        out_specs=(specs, P(None, mesh_lib.SEED_AXIS)))(states, env)
 
   # No buffer donation: an asynchronous checkpoint may still be reading the
   # previous states while the next chunk runs.

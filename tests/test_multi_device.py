@@ -1,0 +1,38 @@
+"""Runs tests/multi_device_cases.py in a subprocess that sees 8 CPU devices.
+
+`XLA_FLAGS=--xla_force_host_platform_device_count=8` only takes effect before
+JAX starts, and this pytest process has started it with one device, so the
+cases run in a child pytest. The default suite runs the lean cases (every mesh,
+every estimator at N that does and does not divide by the shards, the harder
+score paths, gradients against one device and float64 finite differences);
+`-m slow` adds the full product of estimator x N x mesh.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+CASES = pathlib.Path(__file__).with_name("multi_device_cases.py")
+
+
+def _run_cases(marker):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
+       str(CASES)], cwd=CASES.parent.parent, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-4000:]
+  # The child must have run cases, not merely collected none.
+  assert " passed" in result.stdout, result.stdout[-2000:]
+
+
+def test_multi_device_cases_on_eight_cpu_devices():
+  _run_cases("not slow")
+
+
+@pytest.mark.slow
+def test_multi_device_full_product_on_eight_cpu_devices():
+  _run_cases("slow")
