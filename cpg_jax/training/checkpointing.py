@@ -33,6 +33,7 @@ from cpg_jax.user_errors import UserError
 # Changing these does not change the trajectory of training.
 COMPATIBLE_FIELDS = frozenset({
     "num_steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints",
+    "tensorboard",
 })
 # num_steps shapes the learning-rate schedule unless it is constant.
 SCHEDULE_DEPENDENT = frozenset({"num_steps"})

@@ -10,11 +10,9 @@ only records that a later, lost part of the run wrote.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 from typing import Any, Callable
 
 import jax
@@ -23,12 +21,15 @@ import numpy as np
 
 from cpg_jax.environments.base import Environment
 from cpg_jax.training import checkpointing
+from cpg_jax.training import compiled
 from cpg_jax.training import evaluation
+from cpg_jax.training import interrupts
 from cpg_jax.training import metrics_log
 from cpg_jax.training import pipeline as pipeline_lib
 from cpg_jax.training import spec as spec_lib
 from cpg_jax.training import state as state_lib
 from cpg_jax.training import step as step_lib
+from cpg_jax.training import tensorboard_log
 from cpg_jax.user_errors import UserError
 
 
@@ -56,29 +57,14 @@ def _next_boundary(step: int, spec: spec_lib.RunSpec) -> int:
   return min(candidates)
 
 
-class _StopRequest:
-  """Turns SIGTERM into a request to checkpoint and exit after the chunk."""
-
-  def __init__(self):
-    self.requested = False
-
-  def __call__(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-
-@contextlib.contextmanager
-def _sigterm_requests_stop():
-  stop = _StopRequest()
-  try:
-    previous = signal.signal(signal.SIGTERM, stop)
-  except ValueError:  # Not the main thread: no handler, no graceful stop.
-    yield stop
-    return
-  try:
-    yield stop
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+def chunk_lengths(step: int, spec: spec_lib.RunSpec) -> list[int]:
+  """The distinct lengths of the chunks from `step` to `num_steps`."""
+  lengths = set()
+  while step < spec.num_steps:
+    target = _next_boundary(step, spec)
+    lengths.add(target - step)
+    step = target
+  return sorted(lengths)
 
 
 @dataclasses.dataclass
@@ -93,6 +79,20 @@ class _Run:
   checkpointer: checkpointing.Checkpointer
   metrics_file: metrics_log.MetricsLog
   log: Callable[[str], None]
+  board: tensorboard_log.TensorBoardLog | None = None
+  closed: bool = False
+
+  def close(self) -> None:
+    """Completes an asynchronous save in flight (so the checkpoint it started
+    is whole or absent) and flushes TensorBoard; idempotent."""
+    if self.closed:
+      return
+    self.closed = True
+    try:
+      self.checkpointer.close()
+    finally:
+      if self.board is not None:
+        self.board.close()
 
 
 def _open(config: ml_collections.ConfigDict, workdir: str, log) -> _Run:
@@ -126,9 +126,10 @@ def _restore_or_init(run: _Run):
   if restored is not None:
     latest, states = restored
     run.metrics_file.truncate_after(latest)
-    run.log(f"Resumed from {run.checkpointer.directory} at step {latest}.")
+    run.log(f"Resumed from step {latest} (checkpoint in {run.checkpointer.directory}).")
     return latest, states
   run.metrics_file.truncate_after(-1)
+  run.log(f"Starting fresh at step 0 (no checkpoint in {run.checkpointer.directory}).")
   return None, state_lib.init_states(run.pipeline, seeds)
 
 
@@ -146,6 +147,9 @@ def train_and_evaluate(
 ):
   """Trains `config.num_seeds` seeds in one program, resuming from `workdir`.
 
+  An interrupt (SIGINT, SIGTERM) during training stops at the end of the
+  chunk with a checkpoint (`training.interrupts`).
+
   Args:
     config: the experiment config (validated here, before compiling).
     workdir: where config.json, metrics.jsonl and checkpoints/ live.
@@ -159,64 +163,94 @@ def train_and_evaluate(
   """
   run = _open(config, workdir, log)
   latest, states = _restore_or_init(run)
+  interrupts.note_restored(latest)
   metrics_log.atomic_write_text(
       os.path.join(workdir, metrics_log.CONFIG_FILE),
       json.dumps(run.config_dict, indent=2, sort_keys=True) + "\n")
   try:
-    states, stopped_early = _train(run, states, latest, step_fn)
+    run.board = tensorboard_log.TensorBoardLog(
+        workdir, enabled=run.spec.tensorboard, is_primary=jax.process_index() == 0,
+        resume_step=latest, first_seed=run.spec.seed)
+    programs, reference = _prepare(run, states, step_fn)
+    with interrupts.during_training(log, latest) as stop:
+      try:
+        states = _train(run, programs, reference, states, latest, stop)
+      finally:
+        run.close()  # A second Ctrl-C while the last checkpoint is written aborts it.
   finally:
-    # Also on an exception: an asynchronous save in flight is completed, so
-    # the checkpoint it started is either whole or absent.
-    run.checkpointer.close()
-  if not stopped_early:
-    log(f"Done: {int(np.asarray(states.step)[0])} steps. Metrics in {run.metrics_file.path}")
+    run.close()
+  step = int(np.asarray(states.step)[0])
+  if stop.stop_requested:
+    stop.saving = None
+    log(interrupts.stopped_message(stop, step))
+  else:
+    log(f"Done: {step} steps. Metrics in {run.metrics_file.path}")
   return states
 
 
-def _train(run: _Run, states, latest: int | None, step_fn):
-  """The chunks from the states' step to `num_steps`. Returns (states,
-  whether a stop request ended it early)."""
+def _prepare(run: _Run, states, step_fn):
+  """Setup before the first chunk: reference values, compilation, the step-0
+  evaluation. Returns (the compiled programs, the reference values)."""
   spec, env, log = run.spec, run.env, run.log
   step = int(np.asarray(states.step)[0])
-  chunk = step_lib.make_train_chunk(run.pipeline, step_fn)
-  evaluate = evaluation.make_evaluate(run.pipeline)
   reference = evaluation.reference_values(run.pipeline, env, spec.env.seed)
   seeds = spec.seeds
   log(f"Training {spec.estimator} | K={spec.num_candidates} L={spec.num_outputs} "
       f"M={spec.num_models} lsr={spec.lsr.name} | seeds {seeds[0]}..{seeds[-1]} | "
       f"{spec.num_steps} steps | optimum {reference['optimal_value']:.4f} | "
       f"workdir {run.workdir}")
-
-  progress = metrics_log.Progress(spec.num_steps, step)
+  programs = compiled.compile_run(run.pipeline, states, env, chunk_lengths(step, spec),
+                                  step_fn)
+  log(f"Compiled in {programs.compile_seconds:.1f} s.")
   if step == 0 and not metrics_log.read_records(run.workdir):
-    run.metrics_file.append(_record(0, evaluate(states, env), states, reference, 0.0))
+    _evaluate(run, programs, reference, states, 0, 0.0)
+  return programs, reference
 
+
+def _evaluate(run: _Run, programs, reference, states, step: int, rate: float) -> None:
+  """Evaluates, appends the record to metrics.jsonl and TensorBoard, prints it."""
+  record = _record(step, programs.evaluate(states, run.env), states, reference, rate)
+  run.metrics_file.append(record)
+  run.board.evaluation(record)
+  run.log(f"  eval step {step}: policy value {record.mean('policy_value'):.4f} "
+          f"(optimum {reference['optimal_value']:.4f}), "
+          f"recall {record.mean('recall'):.3f}")
+
+
+def _progress(run: _Run, progress, step: int, rate: float, step_metrics, states) -> None:
+  loss = float(np.nanmean(np.asarray(step_metrics["loss"], np.float64)))
+  reward = float(np.nanmean(np.asarray(step_metrics["reward"], np.float64)))
+  progress.line(step, rate, {"loss": loss, "train_reward": reward,
+                             "diverged": int(np.asarray(states.diverged).sum())})
+  run.board.progress(step, loss, reward, rate)
+
+
+def _train(run: _Run, programs, reference, states, latest: int | None, stop):
+  """The chunks from the states' step to `num_steps`, or to the end of the
+  chunk in which a stop was requested (`stop`). Returns the states."""
+  spec = run.spec
+  step = int(np.asarray(states.step)[0])
+  progress = metrics_log.Progress(spec.num_steps, step)  # The clock starts now.
   last_saved = latest
-  with _sigterm_requests_stop() as stop:
-    while step < spec.num_steps:
-      target = _next_boundary(step, spec)
-      states, step_metrics = chunk(states, env, target - step)
-      step = target
-      jax.block_until_ready(states)
-      rate = progress.rate(step)
-      if step % spec.log_every == 0 or step == spec.num_steps:
-        loss = np.asarray(step_metrics["loss"], np.float64)
-        reward = np.asarray(step_metrics["reward"], np.float64)
-        progress.line(step, rate, {"loss": float(np.nanmean(loss)),
-                                   "train_reward": float(np.nanmean(reward)),
-                                   "diverged": int(np.asarray(states.diverged).sum())})
-      if step % spec.eval_every == 0 or step == spec.num_steps:
-        record = _record(step, evaluate(states, env), states, reference, rate)
-        run.metrics_file.append(record)
-        log(f"  eval step {step}: policy value {record.mean('policy_value'):.4f} "
-            f"(optimum {reference['optimal_value']:.4f}), "
-            f"recall {record.mean('recall'):.3f}")
-      if step % spec.checkpoint_every == 0 or step == spec.num_steps or stop.requested:
-        run.checkpointer.save(step, states, run.config_dict)
-        last_saved = step
-      if stop.requested:
-        log(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
-        return states, True
+  while step < spec.num_steps:
+    target = _next_boundary(step, spec)
+    stop.chunk_end = target
+    states, step_metrics = programs.chunk(states, run.env, target - step)
+    step = target
+    jax.block_until_ready(states)
+    rate = progress.rate(step)
+    if step % spec.log_every == 0 or step == spec.num_steps:
+      _progress(run, progress, step, rate, step_metrics, states)
+    if step % spec.eval_every == 0 or step == spec.num_steps:
+      _evaluate(run, programs, reference, states, step, rate)
+    if step % spec.checkpoint_every == 0 or step == spec.num_steps or stop.stop_requested:
+      run.board.flush()  # Events up to a checkpoint are on disk before it.
+      run.checkpointer.save(step, states, run.config_dict)
+      stop.note_saved(step)
+      last_saved = step
+    if stop.stop_requested:
+      stop.saving = step
+      return states
   if last_saved != step:
     run.checkpointer.save(step, states, run.config_dict)
-  return states, False
+  return states

@@ -72,6 +72,7 @@ class RunSpec:
       the host loop's schedule.
     eval_contexts, eval_batch_size: evaluation.
     num_seeds, seed: the seeds trained together (seed .. seed + num_seeds - 1).
+    tensorboard: whether to write TensorBoard event files.
   """
 
   estimator: str
@@ -95,6 +96,7 @@ class RunSpec:
   keep_checkpoints: int
   num_seeds: int
   seed: int
+  tensorboard: bool = False
 
   @property
   def num_outputs(self) -> int:
@@ -167,4 +169,5 @@ def from_config(config: ml_collections.ConfigDict) -> RunSpec:
       keep_checkpoints=int(c.keep_checkpoints),
       num_seeds=int(c.num_seeds),
       seed=int(c.seed),
+      tensorboard=bool(c.tensorboard),
   )
