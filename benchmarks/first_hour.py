@@ -15,9 +15,11 @@ was warm when you quote the install time.
 
 Printed: the machine (CPU cores and model, the 1-minute load average sampled
 every 2 s during each part: mean and maximum), the two times per command, the
-exit codes, and every output line a new user could take for an error (a
-traceback, `error`, `warning`, `fatal`, an absl-formatted log line). The
-README and the config docstrings quote these numbers.
+exit codes, the ETA of the first progress line beside the time the rest of
+training then took, and every output line a new user could take for an error
+(a traceback, `error`, `warning`, `fatal`, an absl-formatted log line; pip's
+own warnings about this machine's pip configuration count too). The README
+and the config docstrings quote these numbers.
 """
 
 from __future__ import annotations
@@ -82,19 +84,41 @@ class LoadSampler:
 
 
 def timed(shell_command: str, cwd: str) -> dict:
-  """Runs `shell_command` in bash in `cwd`; its time, exit code, load and
-  alarming output lines."""
+  """Runs `shell_command` in bash in `cwd`; its time, exit code, load, the
+  alarming output lines, and how the first ETA compared with the time the
+  training then took."""
   env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+  stamped = []  # (seconds since start, line); stderr merged into stdout.
   with LoadSampler() as load:
     start = time.perf_counter()
-    result = subprocess.run(["bash", "-c", shell_command], cwd=cwd, capture_output=True,
-                            text=True, env=env)
+    process = subprocess.Popen(["bash", "-c", shell_command], cwd=cwd, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for line in process.stdout:
+      stamped.append((time.perf_counter() - start, line.rstrip("\n")))
+    returncode = process.wait()
     seconds = time.perf_counter() - start
-  lines = (result.stdout + result.stderr).splitlines()
-  return {"command": shell_command, "seconds": round(seconds, 1),
-          "returncode": result.returncode, **load.summary(),
+  lines = [line for _, line in stamped]
+  return {"command": shell_command, "seconds": round(seconds, 1), "returncode": returncode,
+          **load.summary(), **eta_check(stamped),
           "alarming_lines": [line for line in lines if ALARMING.search(line)][:20],
           "output_tail": lines[-15:]}
+
+
+_PROGRESS = re.compile(r"^step (\d+)/(\d+) \|.*\| ETA (?:(\d+)h)?(\d+)m(\d\d)s \|")
+
+
+def eta_check(stamped: list[tuple[float, str]]) -> dict:
+  """The ETA of the first progress line, and the seconds from that line to
+  the last one (the training it predicted)."""
+  progress = [(t, _PROGRESS.match(line)) for t, line in stamped]
+  progress = [(t, m) for t, m in progress if m]
+  if len(progress) < 2:
+    return {}
+  (first_time, first), (last_time, _) = progress[0], progress[-1]
+  hours, minutes, secs = (int(g or 0) for g in first.groups()[2:])
+  return {"first_eta_at_step": int(first.group(1)),
+          "first_eta_seconds": 3600 * hours + 60 * minutes + secs,
+          "then_took_seconds": round(last_time - first_time, 1)}
 
 
 def fresh_clone(work: str, name: str) -> str:
@@ -130,6 +154,10 @@ def measure(commands: list[str], chosen: list[int], work: str) -> dict:
 def _part_text(name: str, part: dict) -> list[str]:
   lines = [f"  {name}: {part['seconds']:.0f} s (exit {part['returncode']}; load average "
            f"{part['load_mean']} mean, {part['load_max']} max): {part['command']}"]
+  if "first_eta_seconds" in part:
+    lines.append(f"      ETA at step {part['first_eta_at_step']:,}: "
+                 f"{part['first_eta_seconds']} s; the rest of training then took "
+                 f"{part['then_took_seconds']:.0f} s")
   if part["returncode"] != 0:
     lines += [f"      | {line}" for line in part["output_tail"]]
   lines += [f"      alarming line: {line}" for line in part["alarming_lines"]]

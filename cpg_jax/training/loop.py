@@ -5,7 +5,14 @@ Python runs only between chunks. Chunk ends are the multiples of `eval_every`,
 where a run was resumed. At each end, in this order: progress line, evaluation
 (appended to metrics.jsonl), checkpoint. A checkpoint at step t therefore
 always comes after the evaluation record of step t, and a resume from t drops
-only records that a later, lost part of the run wrote.
+only records that a later, lost part of the run wrote (in metrics.jsonl and in
+the TensorBoard events alike).
+
+Setup comes first: restore or start fresh (said either way), reference
+values, compiling every chunk length and the evaluation ahead of time
+(`training.compiled`), the step-0 evaluation. Then the training phase, in
+which an interrupt asks to stop at the end of the chunk with a checkpoint
+(`training.interrupts`).
 """
 
 from __future__ import annotations
