@@ -86,7 +86,7 @@ def main(argv):
   _INTERRUPTS.after_training_hint = (
       f"Draw the learning curves with: python -m cpg_jax.experiments.report {_WORKDIR.value}")
   cli.run(config, _WORKDIR.value)
-  if _PLOT.value:
+  if _PLOT.value and not _INTERRUPTS.stop_requested:  # A stop ends with how to resume.
     from cpg_jax.experiments import report  # pylint: disable=g-import-not-at-top
     print(f"Learning curves: {report.write_report([_WORKDIR.value])}")
   return 0

