@@ -5,7 +5,7 @@
       [--chunk 1000] [--repeats 3] [--markdown docs/results/e.md]
 
 For each estimator and (K, L) setting of the paper (synthetic environment,
-N = 1,000 items, batch 128, M = 1, Adagrad; cpg_jax.paper_experiments.RUNTIME)
+N = 1,000 items, batch 128, M = 1, Adagrad; cpg_jax.experiments.paper.RUNTIME)
 and each seed count, one compiled chunk of `--chunk` training steps (a
 `lax.scan` over the vmapped seeds, exactly what train.py runs between
 evaluations) is run once to compile, then `--repeats` times timed

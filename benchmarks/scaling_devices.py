@@ -68,9 +68,10 @@ def _one(args) -> dict:
   memory = compiled.memory_analysis()
   per_device = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                 + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  states, _ = chunk(states, env, args.steps)  # the compiled program's first run
-  jax.block_until_ready(states)
   times = []
+  if args.repeats:
+    states, _ = chunk(states, env, args.steps)  # the compiled program's first run
+    jax.block_until_ready(states)
   for _ in range(args.repeats):
     start = time.perf_counter()
     states, _ = chunk(states, env, args.steps)
@@ -78,7 +79,7 @@ def _one(args) -> dict:
     times.append((time.perf_counter() - start) / args.steps)
   return {"per_device_mb": per_device / 2**20, "temp_mb": memory.temp_size_in_bytes / 2**20,
           "argument_mb": memory.argument_size_in_bytes / 2**20,
-          "step_s": float(np.median(times)),
+          "step_s": float(np.median(times)) if times else float("nan"),
           "blocked": pipeline.uses_blocked_scores(spec.batch_size)}
 
 
@@ -134,7 +135,8 @@ def main():
   parser.add_argument("--meshes", default="1x1,1x2,1x4,1x8,2x4")
   parser.add_argument("--estimator", default="ca_pg_swr")
   parser.add_argument("--steps", type=int, default=2)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="timed chunks per configuration; 0: compile only (memory)")
   parser.add_argument("--block", type=int, default=65536)
   parser.add_argument("--dense_budget_mb", type=float, default=256)
   parser.add_argument("--seeds_throughput", action="store_true")

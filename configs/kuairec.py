@@ -11,6 +11,8 @@ seeds, 500,000 steps). Expected runtime on the 2-core development CPU: a
 one-seed step takes 2.6-2.8 ms at K = 10 and 12-16 ms at K = 200 (median,
 `benchmarks/step.py --items 3327 --candidates K`, machine loaded), so the
 protocol is most of a day per configuration there; use an accelerator.
+`python train.py --config=configs/kuairec.py --config.env.data_path=FILE
+--estimate_time` measures it on yours (a short timed run, nothing written).
 Without the real file, `python -m cpg_jax.environments.kuairec_like --out F`
 writes a generated file of the same format and shape (docs/results.md (d)).
 Expected result (the paper's claim): CA-PG-SwR beats V-PG-SwR, more so at

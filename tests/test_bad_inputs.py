@@ -222,6 +222,14 @@ CLI_CASES = [
     ("--config.learning_rate=fast", ["--config.learning_rate=fast"]),
     ("--config.env.shared_key=maybe", ["--config.env.shared_key=maybe", "boolean"]),
     ("--config.no_such=1", ["unknown config field 'no_such'", "Top-level fields"]),
+    # Named as typed, with the close matches among the env.* fields.
+    ("--config.num_candidate=5", ["unknown config field 'num_candidate' in "
+                                  "--config.num_candidate=5", "Did you mean "
+                                  "--config.num_candidates?", "Top-level fields"]),
+    ("--config.env.num_item=5", ["unknown config field 'env.num_item' in "
+                                 "--config.env.num_item=5", "Did you mean "
+                                 "--config.env.num_items", "Fields of config.env: cache_dir"]),
+    ("--config.K=5", ["Did you mean --config.num_candidates?"]),
     ("--config=configs/missing.py", ["configs/missing.py", "No such file"]),
 ]
 
@@ -237,6 +245,7 @@ def test_bad_command_line(tmp_path, argument, phrases):
   err = " ".join(result.stderr.split())
   assert result.returncode == 2, result.stderr[-2000:]
   assert "error: " in err and "Traceback" not in err, err
+  assert "\\" not in err, err  # No escaped quoting.
   for phrase in phrases:
     assert phrase in err, err
   assert not workdir.exists()

@@ -78,8 +78,10 @@ def test_file_tools_import_without_jax():
   """The report, the sweep runner and the paper table, in a fresh interpreter."""
   code = ("import sys\n"
           "import cpg_jax.experiments.report, cpg_jax.experiments.sweep, "
-          "cpg_jax.experiments.paper, cpg_jax.experiments.runs, cpg_jax.experiments.plots\n"
-          "import cpg_jax.training.metrics_log, cpg_jax.training.config\n"
+          "cpg_jax.experiments.paper, cpg_jax.experiments.runs, cpg_jax.experiments.plots, "
+          "cpg_jax.experiments.estimate, cpg_jax.experiments.paper_figure\n"
+          "import cpg_jax.training.metrics_log, cpg_jax.training.config, cpg_jax.training.timing, "
+          "cpg_jax.training.interrupts, cpg_jax.training.logging_setup\n"
           "heavy = sorted(m for m in ('jax', 'jaxlib', 'flax', 'optax', 'orbax', 'matplotlib')"
           " if m in sys.modules)\n"
           "print(','.join(heavy))\n")

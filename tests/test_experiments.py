@@ -35,7 +35,7 @@ def with_own_args(args, *own):
 
 def dry_run(capsys, *args):
   """The train.py commands a dry run prints, as {point index: argv list}."""
-  assert sweep.main(with_own_args(args, "--dry_run")) == 0
+  assert sweep.main(with_own_args(args, "--dry_run", "--estimate=none")) == 0
   out = capsys.readouterr().out
   commands = {}
   for line in out.splitlines():
@@ -180,7 +180,9 @@ END_TO_END = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(END_TO_END))
+# (a) runs by default; (b) and (c) take the same path with other points.
+@pytest.mark.parametrize("name", [n if n == "a" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(END_TO_END)])
 def test_synthetic_experiment_end_to_end(tmp_path, name):
   points, args, workdir = END_TO_END[name]
   root = str(tmp_path / name)
@@ -242,3 +244,66 @@ def test_whole_experiment_end_to_end(tmp_path, name, args, count):
   assert len(points) == count
   table = check_outputs(root, result, points)
   assert "Not yet run" not in table
+
+
+TINY_GRID = ["--config=configs/quickstart.py", "--grid=estimator=vpg,ca_pg_swr"]
+TINY_POINT = ["--config.num_seeds=1", "--config.eval_contexts=100",
+              "--config.env.num_items=100", "--config.env.num_contexts=100"]
+
+
+def _fake_run(workdir, steps_and_rates, num_steps):
+  """config.json and metrics.jsonl of a run that reached the last step given."""
+  from cpg_jax.training import metrics_log  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"num_steps": num_steps, "estimator": "ca_pg_swr"}, f)
+  log = metrics_log.MetricsLog(workdir)
+  for step, rate in steps_and_rates:
+    log.append(metrics_log.EvalRecord(step, (5.0,), (5.0,), (0.1,), 9.0, 9.0, (None,), rate))
+
+
+def test_dry_run_estimates_the_time_from_measured_steps(tmp_path):
+  """Point #1 has run 1,000 of its 2,000 steps at 500 steps/s (its
+  metrics.jsonl); point #0 is timed by a short run of its own command."""
+  root = str(tmp_path)
+  _fake_run(os.path.join(root, "estimator=ca_pg_swr"), [(0, 0.0), (1000, 500.0)], 2000)
+  result = run_sweep(*TINY_GRID, f"--root={root}", "--dry_run", "--",
+                     "--config.num_steps=2000", "--config.eval_every=1000", *TINY_POINT)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  out = result.stdout
+  assert "timing point #0" in out and "timing point #1" not in out
+  total = re.search(r"^Estimated time on this machine: (\d+)m(\d\d)s for 2 points", out,
+                    re.MULTILINE)
+  assert total, out
+  timed = re.search(r"^  #0 estimator=vpg: (\d+)m(\d\d)s = start-up \d+ s \+ compiling \d+ s "
+                    r"\+ 2,000 steps x [\d.]+ ms \+ 3 evaluations x [\d.e-]+ s "
+                    r"\(measured on 100 steps\)$", out, re.MULTILINE)
+  assert timed, out
+  assert ("  #1 estimator=ca_pg_swr: 0m02s (from its metrics.jsonl: 1,000 of 2,000 steps "
+          "done at 500 steps/s") in out
+  seconds = lambda m: 60 * int(m.group(1)) + int(m.group(2))
+  assert abs(seconds(total) - seconds(timed) - 2) <= 1
+  assert not os.path.exists(os.path.join(root, "estimator=vpg"))  # Timing writes nothing.
+
+
+def test_ctrl_c_stops_the_sweep_after_the_point_saved(tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path)
+  process = subprocess.Popen(
+      [sys.executable, "-m", "cpg_jax.experiments.sweep", *TINY_GRID, f"--root={root}", "--",
+       "--config.num_steps=100000", "--config.log_every=1000", "--config.eval_every=5000",
+       "--config.batch_size=16", *TINY_POINT],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if line.startswith("step 1000/"):
+      break
+  process.send_signal(signal.SIGINT)  # As a Ctrl-C in the terminal reaches the sweep.
+  output = "".join(lines) + process.communicate(timeout=300)[0]
+  assert process.returncode == 130, output[-3000:]
+  assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+  assert re.search(r"Ctrl-C \(SIGINT\): saved a checkpoint at step \d+; exiting", output)
+  assert "Sweep stopped at point #0" in output and "Resume with:" in output
+  assert os.listdir(os.path.join(root, "estimator=vpg", "checkpoints"))
+  assert not os.path.exists(os.path.join(root, "estimator=ca_pg_swr"))

@@ -16,7 +16,9 @@ import pytest
 from tests.fixtures import make_golden_runs
 
 
-@pytest.mark.parametrize("name", sorted(make_golden_runs.RUNS))
+# The noisy-LSR run is slow-marked: the other two cover the dense and blocked paths.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "vpg_noisy" else n
+                                  for n in sorted(make_golden_runs.RUNS)])
 def test_run_matches_golden_bit_for_bit(name, tmp_path):
   golden_dir = make_golden_runs.DEFAULT_OUT
   with open(os.path.join(golden_dir, f"{name}.metrics.jsonl")) as f:

@@ -2,10 +2,13 @@
 
 `XLA_FLAGS=--xla_force_host_platform_device_count=8` only takes effect before
 JAX starts, and this pytest process has started it with one device, so the
-cases run in a child pytest. The default suite runs the lean cases (every mesh,
-every estimator at N that does and does not divide by the shards, the harder
-score paths, gradients against one device and float64 finite differences);
-`-m slow` adds the full product of estimator x N x mesh.
+cases run in a child pytest. The default suite runs the lean cases: every
+mesh at N = 64, which divides by the shards; every estimator on a 2 x 4 mesh
+at N = 61, which does not; the item-blocked path inside the shards; V-PG's
+and CA-PG's gradients against one device and against float64 finite
+differences. `-m slow` adds the estimators at N = 64, the multi-model and
+uniform-LSR paths, the SwR estimators' gradients, and the full product of
+estimator x N x mesh.
 """
 
 import os

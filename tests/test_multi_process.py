@@ -6,6 +6,9 @@ on localhost (gloo CPU collectives), 2 CPU devices each.
   within a bounded time, and restarting both resumes exactly;
 - a checkpoint written on 4 devices restores on 1 device and on 2 processes;
 - a process count that does not match the coordinator's is refused.
+
+The kill and the restores are marked slow (about 5 minutes on 2 cores):
+`python -m pytest -q -m slow tests/test_multi_process.py`.
 """
 
 import json
@@ -100,6 +103,7 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path, four_d
   _assert_close_records(_records(str(tmp_path)), _records(four_devices))
 
 
+@pytest.mark.slow
 def test_sigkill_of_one_process_ends_the_other_then_both_resume(tmp_path, four_devices):
   workdir = str(tmp_path)
   processes = _start_pair(workdir)
@@ -119,6 +123,7 @@ def test_sigkill_of_one_process_ends_the_other_then_both_resume(tmp_path, four_d
   _assert_close_records(_records(workdir), _records(four_devices))
 
 
+@pytest.mark.slow
 def test_checkpoint_of_four_devices_restores_on_one_device_and_two_processes(
     tmp_path, four_devices):
   for name, run in (("one_device", lambda w: _run_single(w, 1, num_steps=STEPS + 40)),
@@ -127,7 +132,7 @@ def test_checkpoint_of_four_devices_restores_on_one_device_and_two_processes(
     subprocess.run(["cp", "-r", four_devices, workdir], check=True)
     output = run(workdir)
     output = output if isinstance(output, str) else output[0]
-    assert f"at step {STEPS}" in output, output[-2000:]
+    assert f"Resumed from step {STEPS}" in output, output[-2000:]
     records = _records(workdir)
     assert records[-1]["step"] == STEPS + 40
     _assert_close_records(records[:-1], _records(four_devices))

@@ -200,3 +200,32 @@ def test_bad_inputs_exit_2(tmp_path, case):
   assert result.stderr.startswith("error: ") and expect in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "x.png").exists()
+
+
+def test_paper_figure_tables(tmp_path):
+  from cpg_jax.experiments import paper_figure  # pylint: disable=g-import-not-at-top
+  # CA-PG at K = 20: seeds 8.4 and 8.6 at step 60,000 (mean 8.5, std 0.1); the
+  # mean curve first reaches 0.95 x 8.76 = 8.322 at step 60,000.
+  steps = [0, 30_000, 60_000]
+  write_run(tmp_path, "ca20", [[7.0, 7.0], [8.0, 8.2], [8.4, 8.6]], steps=steps,
+            estimator="ca_pg", num_candidates=20)
+  write_run(tmp_path, "swr20", [[7.0, 7.0], [7.5, 7.5]], steps=steps[:2],
+            estimator="vpg_swr", num_candidates=20)
+  found = paper_figure._find_runs(str(tmp_path))
+  matched = paper_figure.matched_steps_table(found)
+  assert "| 20 | 60,000 | CA-PG | 8.500 (0.100) | 2 | 8.42 | +0.080 |" in matched
+  assert "| 20 | 60,000 | V-PG-SwR | not reached (at 30,000) | - | 7.97 | - |" in matched
+  assert "| 20 | 60,000 | CA-PG-SwR | no run | - | 8.38 | - |" in matched
+  lines = paper_figure.reference_lines_table(found)
+  assert "| 20 | CA-PG | 60,000 | 10.0000 | not by 60,000 | 8.76 | 60,000 |" in lines
+  assert "| 20 | V-PG-SwR | 30,000 | 10.0000 | not by 30,000 | 8.76 | not by 30,000 |" in lines
+  # The command: both tables, and a clean error for a root without runs.
+  result = subprocess.run([sys.executable, "-m", "cpg_jax.experiments.paper_figure",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0 and "## Reference lines" in result.stdout, result.stderr
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  result = subprocess.run([sys.executable, "-m", "cpg_jax.experiments.paper_figure",
+                           str(empty)], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 2 and "no train.py workdirs" in result.stderr
+  assert "Traceback" not in result.stderr

@@ -120,6 +120,32 @@ def _fit(text: str, width_inches: float, fontsize: float) -> str:
   return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
+def _add_legend(fig, handles, names, handler_map, max_columns: int) -> None:
+  """The legend under the panels, in as many columns (at most `max_columns`)
+  as fit in the figure's width: long labels get fewer columns, not clipped."""
+  renderer = fig.canvas.get_renderer()
+  limit = 0.98 * fig.get_figwidth() * fig.dpi
+  for ncol in range(min(len(handles), max_columns), 0, -1):
+    legend = fig.legend(handles, names, handler_map=handler_map, loc="outside lower center",
+                        ncol=ncol, frameon=False)
+    if ncol == 1 or legend.get_window_extent(renderer).width <= limit:
+      return
+    legend.remove()
+
+
+def _add_titles(fig, title: str, subtitle: str, width: float) -> None:
+  """The title (wrapped to the figure's width) over a smaller grey subtitle.
+
+  The suptitle holds the title and one blank line, so that the constrained
+  layout keeps room for the subtitle, which is drawn into that line.
+  """
+  text = fig.suptitle(_fit(title, width, 12) + "\n ", fontsize=12)
+  fig.canvas.draw()  # Runs the layout: the suptitle's place is now known.
+  box = text.get_window_extent().transformed(fig.transFigure.inverted())
+  fig.text(0.5, box.y0 + 0.1 * box.height / (title.count("\n") + 2), subtitle,
+           ha="center", va="bottom", fontsize=10, color="0.35")
+
+
 def plot(runs: Sequence[dict[str, Any]], out: str, title: str | None = None,
          facet: Sequence[str] = ()) -> str:
   """Draws the learning curves of `runs` to the PNG `out`, one panel per
@@ -156,15 +182,13 @@ def plot(runs: Sequence[dict[str, Any]], out: str, title: str | None = None,
       bottom.xaxis.set_tick_params(labelbottom=True)
       bottom.set_xlabel("gradient steps")
     fig.supylabel("policy value")
-    subtitle = f"mean over {runs_lib.seed_text(runs)}, band: ±1 std over seeds"
-    fig.suptitle(_fit(f"{title or runs_lib.default_title(runs, facet)}\n{subtitle}",
-                      width, 12), fontsize=12)
     order = sorted(range(len(runs)), key=lambda i: (runs_lib.estimator_rank(runs[i]), i))
     handles, names, handler_map = _legend_handles(
         list(dict.fromkeys(labels[i] for i in order)), styles,
         next(iter(optima)) if len(optima) == 1 else None, used)
-    fig.legend(handles, names, handler_map=handler_map, loc="outside lower center",
-               ncol=min(len(handles), 4 if ncols < 3 else 8), frameon=False)
+    _add_legend(fig, handles, names, handler_map, 4 if ncols < 3 else 8)
+    _add_titles(fig, title or runs_lib.default_title(runs, facet),
+                f"mean over {runs_lib.seed_text(runs)}, band: ±1 std over seeds", width)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

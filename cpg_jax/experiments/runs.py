@@ -34,7 +34,7 @@ SPARE_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f"
 NOT_IN_LABELS = frozenset({
     "num_steps", "eval_every", "eval_contexts", "eval_batch_size", "log_every",
     "checkpoint_every", "keep_checkpoints", "num_seeds", "seed", "score_path",
-    "item_block_size", "dense_budget_mb", "top_k_kernel"})
+    "item_block_size", "dense_budget_mb", "top_k_kernel", "tensorboard"})
 # A label longer than this names the workdir instead.
 MAX_LABEL_CHARS = 40
 # Short names of config fields, for facet arguments, panel titles and columns.

@@ -31,7 +31,10 @@ order, e.g. `ROOT/estimator=vpg,num_outputs=1,num_models=5`). Arguments after
 field). `--points=0,5,8-11` runs only those points (0-based, in the order the
 dry run prints them), e.g. to split a sweep across machines or for a quick
 test. Re-running the same command resumes every unfinished point; a finished
-point's checkpoint is at num_steps and train.py returns at once.
+point's checkpoint is at num_steps and train.py returns at once. Ctrl-C
+reaches the running point's train.py once (it saves at the end of its chunk),
+then the sweep stops and prints the command that resumes it; a second Ctrl-C
+stops that train.py at once.
 
 Learning rate. Where a point sets the estimator, its paper learning rate
 for the config's environment (`experiments.paper.default_learning_rate`: 0.1
@@ -45,7 +48,12 @@ goes into `ROOT/curves.png` (one panel per facet value, `--facet` or the
 experiment's; for --grid, by default one panel per value of the non-estimator
 axes) and `ROOT/results.md`, and the table is printed. `--publish=PREFIX`
 also copies them to PREFIX.png and PREFIX.md (e.g. docs/results/a).
-`--dry_run` prints the commands instead of running them.
+`--dry_run` prints the commands instead of running them, and the estimated
+time of each point and of the whole sweep on this machine
+(`experiments.estimate`: from a point's metrics.jsonl when it has run before,
+else from a short timed run of its command, start-up and compiling included,
+which takes about as long as a point takes to start; `--estimate=none` skips
+it).
 """
 
 from __future__ import annotations
@@ -56,11 +64,13 @@ import itertools
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from typing import Callable, Sequence
 
 from cpg_jax import user_errors
+from cpg_jax.experiments import estimate
 from cpg_jax.experiments import paper
 from cpg_jax.experiments import report
 from cpg_jax.experiments import runs as runs_lib
@@ -70,6 +80,7 @@ from cpg_jax.user_errors import UserError
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _TRAIN = os.path.join(_REPO, "train.py")
 EXIT_USER_ERROR = user_errors.EXIT_USER_ERROR
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C.
 # estimator -> learning rate to pass, or None to keep the config's.
 LearningRateRule = Callable[[str], "float | None"]
 
@@ -269,7 +280,12 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--title", default=None, help="figure and table title")
   parser.add_argument("--publish", default=None,
                       help="also copy curves.png and results.md to PREFIX.png, PREFIX.md")
-  parser.add_argument("--dry_run", action="store_true", help="print the commands only")
+  parser.add_argument("--dry_run", action="store_true",
+                      help="print the commands and the estimated time; run nothing")
+  parser.add_argument("--estimate", choices=("measure", "none"), default="measure",
+                      help="with --dry_run: 'measure' (default) estimates the time of each "
+                           "point on this machine (from its metrics.jsonl, else by a short "
+                           "timed run of its command: seconds per point); 'none' skips it")
   return parser
 
 
@@ -319,30 +335,67 @@ def _main(argv: list[str]) -> int:
            if args.points is not None else ""), flush=True)
   for f, desc in missing:
     print(f"note: a real run needs --config.{f}=... after -- ({desc})")
-  returncode = _run_points(commands, selected, args.dry_run)
+  returncode = _run_points(commands, selected, args.dry_run, argv)
+  if args.dry_run and args.estimate == "measure":
+    print("Estimating the time of each point:", flush=True)
+    estimates = estimate.estimate_points(commands, selected,
+                                         progress=lambda line: print(line, flush=True))
+    print(estimate.format_estimates(estimates, [point_name(p) for p in points]))
   if returncode or args.dry_run:
     return returncode
   return _report(args, argv, plan, facet, [w for _, w in commands])
 
 
-def _run_points(commands, selected: Sequence[int], dry_run: bool) -> int:
+def _run_point(command: Sequence[str]) -> tuple[int, bool]:
+  """Runs one train.py in its own session, forwarding each SIGINT and SIGTERM
+  the sweep gets to it (so one Ctrl-C is one Ctrl-C for train.py: it saves
+  at the end of its chunk; a second one stops it at once). Returns (exit
+  code, whether the sweep was interrupted)."""
+  process = subprocess.Popen(command, start_new_session=True)
+  received = []
+
+  def forward(signum, frame):
+    del frame
+    received.append(signum)
+    process.send_signal(signum)
+
+  previous = {}
+  try:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      previous[signum] = signal.signal(signum, forward)
+  except ValueError:  # Not the main thread: no forwarding.
+    pass
+  try:
+    returncode = process.wait()
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+  return returncode, bool(received)
+
+
+def _run_points(commands, selected: Sequence[int], dry_run: bool, argv: Sequence[str]) -> int:
   """Runs (or, dry, prints) the selected points in order; the first failing
-  point's exit code, else 0."""
+  point's exit code, else 0 (130 when an interrupt stopped the sweep)."""
   for n, i in enumerate(selected):
     command, workdir = commands[i]
     print(f"[#{i}, {n + 1} of {len(selected)}] {shlex.join(command)}", flush=True)
     if dry_run:
       continue
-    result = subprocess.run(command)
-    if result.returncode == EXIT_USER_ERROR:
+    returncode, interrupted = _run_point(command)
+    if interrupted:
+      print(f"Sweep stopped at point #{i} ({workdir}); the points after it did not run. "
+            "Resume with:\n  python -m cpg_jax.experiments.sweep " + shlex.join(argv),
+            flush=True)
+      return EXIT_INTERRUPTED
+    if returncode == EXIT_USER_ERROR:
       print(f"error: train.py refused point #{i} ({workdir}) with the error above; fix "
             "its cause, then re-run the same command (finished points are kept).",
             file=sys.stderr)
-      return result.returncode
-    if result.returncode != 0:
-      print(f"error: point #{i} ({workdir}) stopped with exit code {result.returncode}; "
+      return returncode
+    if returncode != 0:
+      print(f"error: point #{i} ({workdir}) stopped with exit code {returncode}; "
             "re-run the same command to resume it.", file=sys.stderr)
-      return result.returncode
+      return returncode
   return 0
 
 

@@ -36,10 +36,15 @@ def varying_like(tree, like: jax.Array):
   Inside `shard_map`, a scan carry that starts as a constant must have the
   same type as the values the body puts in it; outside, this is the identity.
   """
-  axes = tuple(sorted(jax.typeof(like).mat.varying))
+  axes = set(jax.typeof(like).mat.varying)
   if not axes:
     return tree
-  return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree)
+
+  def one(x):
+    missing = tuple(sorted(axes - set(jax.typeof(x).mat.varying)))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+  return jax.tree.map(one, tree)
 
 
 @dataclasses.dataclass(frozen=True)

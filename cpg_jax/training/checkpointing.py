@@ -35,7 +35,8 @@ from cpg_jax.user_errors import UserError
 COMPATIBLE_FIELDS = frozenset({
     "num_steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints",
     # A run may resume on another mesh (candidates are the same on any mesh).
-    "mesh.seeds", "mesh.items",
+    "mesh.seeds", "mesh.item_shards",
+    "tensorboard",
 })
 # num_steps shapes the learning-rate schedule unless it is constant.
 SCHEDULE_DEPENDENT = frozenset({"num_steps"})

@@ -30,6 +30,48 @@ class ConfigError(UserError, ValueError):
   """A configuration value is impossible; the message names the field."""
 
 
+# Where each config field is documented, as (topic, fields, where). Every
+# field also has its default (and a comment where the name does not say it
+# all) in `default_config` below. `train.py --help` and README.md list these
+# groups; tests/test_config.py checks that they name every field once.
+FIELD_DOCS = (
+    ("the two-stage system and the estimator",
+     ("estimator", "swr_combine", "num_candidates", "num_outputs", "num_models",
+      "position_weights"),
+     "docs/method.md §1, §4; cpg_jax/numerics/estimators.py"),
+    ("the late-stage ranker", ("lsr", "lsr_temperature", "lsr_epsilon", "lsr_alpha"),
+     "docs/method.md §3; cpg_jax/numerics/late_stage.py"),
+    ("the score model", ("embedding_dim", "tower_layers"),
+     "docs/method.md §2; cpg_jax/numerics/model.py"),
+    ("how scores are held and sampled",
+     ("score_path", "item_block_size", "dense_budget_mb", "noise_generator", "top_k_kernel"),
+     "README.md (Large catalogues); docs/performance.md; cpg_jax/numerics/scores.py"),
+    ("the synthetic environment",
+     ("env.name", "env.seed", "env.num_contexts", "env.num_items", "env.dim",
+      "env.reward_scale", "env.shared_key"),
+     "docs/method.md §5.1; cpg_jax/environments/synthetic.py"),
+    ("reward-matrix environments (kuairec, matrix, movielens)",
+     ("env.data_path", "env.noise_std", "env.clip_max"),
+     "docs/method.md §5.2; cpg_jax/environments/reward_matrix.py; configs/kuairec.py"),
+    ("the MovieLens completion",
+     ("env.fit_rank", "env.fit_l2", "env.fit_iterations", "env.fit_holdout",
+      "env.cache_dir"),
+     "configs/movielens.py; cpg_jax/environments/movielens.py"),
+    ("the optimiser", ("optimizer", "learning_rate", "lr_schedule", "warmup_steps",
+                       "grad_clip_norm"),
+     "docs/method.md §6 (Optimiser and learning rates); cpg_jax/training/pipeline.py"),
+    ("the protocol", ("batch_size", "num_steps", "eval_every", "eval_contexts",
+                      "eval_batch_size", "num_seeds", "seed"),
+     "docs/method.md §6 (Length, seeds and evaluation); cpg_jax/training/evaluation.py"),
+    ("running and recording", ("log_every", "checkpoint_every", "keep_checkpoints",
+                               "tensorboard"),
+     "README.md (Outputs, Guarantees); cpg_jax/training/loop.py; "
+     "cpg_jax/training/tensorboard_log.py"),
+    ("the device mesh", ("mesh.seeds", "mesh.item_shards"),
+     "README.md (GPUs, TPUs, many devices and hosts); cpg_jax/training/mesh.py"),
+)
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every field with its default: the paper's synthetic setting.
 
@@ -121,7 +163,9 @@ def _training_defaults(c: ml_collections.ConfigDict) -> None:
   # num_seeds, the rest on items; one device runs the single-device program.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.seeds = 0
-  c.mesh["items"] = 0  # (`c.mesh.items` is the ConfigDict method)
+  c.mesh.item_shards = 0
+  # TensorBoard event files in <workdir>/tensorboard (training.tensorboard_log).
+  c.tensorboard = False
 
 
 def _check_int(config, field: str, low: int, high: float = math.inf) -> int:
@@ -265,7 +309,10 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
   _check_int(config, "num_seeds", 1)
   _check_int(config, "seed", 0)
   _check_int(config, "mesh.seeds", 0)
-  _check_int(config, "mesh.items", 0)
+  _check_int(config, "mesh.item_shards", 0)
+  if not isinstance(_get(config, "tensorboard"), bool):
+    raise ConfigError(f"config.tensorboard must be True or False, got "
+                      f"{_get(config, 'tensorboard')!r}")
 
 
 def parse_config_arg(arg: str, defaults: dict[str, str], config_file: str) -> dict[str, str]:

@@ -5,7 +5,14 @@ Python runs only between chunks. Chunk ends are the multiples of `eval_every`,
 where a run was resumed. At each end, in this order: progress line, evaluation
 (appended to metrics.jsonl), checkpoint. A checkpoint at step t therefore
 always comes after the evaluation record of step t, and a resume from t drops
-only records that a later, lost part of the run wrote.
+only records that a later, lost part of the run wrote (in metrics.jsonl and in
+the TensorBoard events alike).
+
+Setup comes first: restore or start fresh (said either way), reference
+values, compiling every chunk length and the evaluation ahead of time
+(`training.compiled`), the step-0 evaluation. Then the training phase, in
+which an interrupt asks to stop at the end of the chunk with a checkpoint
+(`training.interrupts`).
 
 On several devices the loop is the same: the states and the environment live
 on the mesh (`training.mesh`), host copies are taken for the records
@@ -15,11 +22,9 @@ runs this loop while only the primary one writes files and lines.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 from typing import Any, Callable
 
 import jax
@@ -28,14 +33,17 @@ import numpy as np
 
 from cpg_jax.environments.base import Environment
 from cpg_jax.training import checkpointing
+from cpg_jax.training import compiled
 from cpg_jax.training import distributed
 from cpg_jax.training import evaluation
+from cpg_jax.training import interrupts
 from cpg_jax.training import mesh as mesh_lib
 from cpg_jax.training import metrics_log
 from cpg_jax.training import pipeline as pipeline_lib
 from cpg_jax.training import spec as spec_lib
 from cpg_jax.training import state as state_lib
 from cpg_jax.training import step as step_lib
+from cpg_jax.training import tensorboard_log
 from cpg_jax.user_errors import UserError
 
 
@@ -63,29 +71,14 @@ def _next_boundary(step: int, spec: spec_lib.RunSpec) -> int:
   return min(candidates)
 
 
-class _StopRequest:
-  """Turns SIGTERM into a request to checkpoint and exit after the chunk."""
-
-  def __init__(self):
-    self.requested = False
-
-  def __call__(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-
-@contextlib.contextmanager
-def _sigterm_requests_stop():
-  stop = _StopRequest()
-  try:
-    previous = signal.signal(signal.SIGTERM, stop)
-  except ValueError:  # Not the main thread: no handler, no graceful stop.
-    yield stop
-    return
-  try:
-    yield stop
-  finally:
-    signal.signal(signal.SIGTERM, previous)
+def chunk_lengths(step: int, spec: spec_lib.RunSpec) -> list[int]:
+  """The distinct lengths of the chunks from `step` to `num_steps`."""
+  lengths = set()
+  while step < spec.num_steps:
+    target = _next_boundary(step, spec)
+    lengths.add(target - step)
+    step = target
+  return sorted(lengths)
 
 
 @dataclasses.dataclass
@@ -102,6 +95,20 @@ class _Run:
   metrics_file: metrics_log.MetricsLog
   log: Callable[[str], None]
   primary: bool
+  board: tensorboard_log.TensorBoardLog | None = None
+  closed: bool = False
+
+  def close(self) -> None:
+    """Completes an asynchronous save in flight (so the checkpoint it started
+    is whole or absent) and flushes TensorBoard; idempotent."""
+    if self.closed:
+      return
+    self.closed = True
+    try:
+      self.checkpointer.close()
+    finally:
+      if self.board is not None:
+        self.board.close()
 
 
 def _open(config: ml_collections.ConfigDict, workdir: str, log) -> _Run:
@@ -110,6 +117,8 @@ def _open(config: ml_collections.ConfigDict, workdir: str, log) -> _Run:
   spec = spec_lib.from_config(config)
   shape = mesh_lib.resolve(spec.mesh_seeds, spec.mesh_items, jax.device_count(),
                            spec.num_seeds)
+  mesh_lib.check_supported(shape, spec.estimator, spec.scores.noise_generator,
+                           "xla" if spec.scores.fused_top_k is None else config.top_k_kernel)
   mesh = None if shape.is_single_device else mesh_lib.build(shape)
   pipeline, env = pipeline_lib.build(spec, None if mesh is None else shape.item_shards)
   if mesh is not None:
@@ -168,10 +177,12 @@ def _restore_or_init(run: _Run):
     latest, states = restored
     if run.primary:
       run.metrics_file.truncate_after(latest)
-    run.log(f"Resumed from {run.checkpointer.directory} at step {latest} ({_mesh_text(run)}).")
+    run.log(f"Resumed from step {latest} (checkpoint in {run.checkpointer.directory}; "
+            f"{_mesh_text(run)}).")
     return latest, states
   if run.primary:
     run.metrics_file.truncate_after(-1)
+  run.log(f"Starting fresh at step 0 (no checkpoint in {run.checkpointer.directory}).")
   states = state_lib.init_states(run.pipeline, seeds)
   if run.mesh is not None:
     states = mesh_lib.place_states(states, run.mesh, shards)
@@ -193,6 +204,9 @@ def train_and_evaluate(
 ):
   """Trains `config.num_seeds` seeds in one program, resuming from `workdir`.
 
+  An interrupt (SIGINT, SIGTERM) during training stops at the end of the
+  chunk with a checkpoint (`training.interrupts`).
+
   Args:
     config: the experiment config (validated here, before compiling).
     workdir: where config.json, metrics.jsonl and checkpoints/ live.
@@ -207,72 +221,105 @@ def train_and_evaluate(
   """
   run = _open(config, workdir, log)
   latest, states = _restore_or_init(run)
+  interrupts.note_restored(latest)
   if run.primary:
     metrics_log.atomic_write_text(
         os.path.join(workdir, metrics_log.CONFIG_FILE),
         json.dumps(run.config_dict, indent=2, sort_keys=True) + "\n")
   try:
+    run.board = tensorboard_log.TensorBoardLog(
+        workdir, enabled=run.spec.tensorboard, is_primary=run.primary,
+        resume_step=latest, first_seed=run.spec.seed)
     with distributed.fail_fast_if_a_peer_dies():
-      states, stopped_early = _train(run, states, latest, step_fn)
+      programs, reference = _prepare(run, states, step_fn)
+      with interrupts.during_training(run.log, latest) as stop:
+        try:
+          states = _train(run, programs, reference, states, latest, stop)
+        finally:
+          run.close()  # A second Ctrl-C while the last checkpoint is written aborts it.
   finally:
-    # Also on an exception: an asynchronous save in flight is completed, so
-    # the checkpoint it started is either whole or absent.
-    run.checkpointer.close()
-  if not stopped_early:
-    step = int(distributed.to_host(states.step)[0])
+    run.close()
+  step = int(distributed.to_host(states.step)[0])
+  if stop.stop_requested:
+    stop.saving = None
+    run.log(interrupts.stopped_message(stop, step))
+  else:
     run.log(f"Done: {step} steps. Metrics in {run.metrics_file.path}")
   return states
 
 
-def _train(run: _Run, states, latest: int | None, step_fn):
-  """The chunks from the states' step to `num_steps`. Returns (states,
-  whether a stop request ended it early)."""
+def _prepare(run: _Run, states, step_fn):
+  """Setup before the first chunk: reference values, compilation, the step-0
+  evaluation. Returns (the compiled programs, the reference values)."""
   spec, env, log = run.spec, run.env, run.log
   step = int(distributed.to_host(states.step)[0])
-  chunk = step_lib.make_train_chunk(run.pipeline, step_fn, run.mesh)
-  evaluate = evaluation.make_evaluate(run.pipeline, run.mesh)
   reference = evaluation.reference_values(run.pipeline, env, spec.env.seed, run.mesh)
   seeds = spec.seeds
   log(f"Training {spec.estimator} | K={spec.num_candidates} L={spec.num_outputs} "
       f"M={spec.num_models} lsr={spec.lsr.name} | seeds {seeds[0]}..{seeds[-1]} | "
       f"{spec.num_steps} steps | {_mesh_text(run)} | optimum "
       f"{reference['optimal_value']:.4f} | workdir {run.workdir}")
-
-  progress = metrics_log.Progress(spec.num_steps, step) if run.primary else None
+  programs = compiled.compile_run(run.pipeline, states, env, chunk_lengths(step, spec),
+                                  step_fn, run.mesh)
+  log(f"Compiled in {programs.compile_seconds:.1f} s.")
   if step == 0 and not metrics_log.read_records(run.workdir):
-    record = _record(0, evaluate(states, env), states, reference, 0.0)
-    if run.primary:
-      run.metrics_file.append(record)
+    _evaluate(run, programs, reference, states, 0, 0.0)
+  return programs, reference
 
+
+def _evaluate(run: _Run, programs, reference, states, step: int, rate: float) -> None:
+  """Evaluates, appends the record to metrics.jsonl and TensorBoard, prints it."""
+  record = _record(step, programs.evaluate(states, run.env), states, reference, rate)
+  if run.primary:
+    run.metrics_file.append(record)
+  run.board.evaluation(record)
+  run.log(f"  eval step {step}: policy value {record.mean('policy_value'):.4f} "
+          f"(optimum {reference['optimal_value']:.4f}), "
+          f"recall {record.mean('recall'):.3f}")
+
+
+def _progress(run: _Run, progress, step: int, rate: float, step_metrics, states) -> None:
+  # Collectives with several processes: every process takes the host copies.
+  step_metrics, diverged = distributed.to_host((step_metrics, states.diverged))
+  loss = float(np.nanmean(np.asarray(step_metrics["loss"], np.float64)))
+  reward = float(np.nanmean(np.asarray(step_metrics["reward"], np.float64)))
+  if not run.primary:
+    return
+  progress.line(step, rate, {"loss": loss, "train_reward": reward,
+                             "diverged": int(np.asarray(diverged).sum())})
+  run.board.progress(step, loss, reward, rate)
+
+
+def _train(run: _Run, programs, reference, states, latest: int | None, stop):
+  """The chunks from the states' step to `num_steps`, or to the end of the
+  chunk in which a stop was requested (`stop`). Returns the states."""
+  spec = run.spec
+  step = int(distributed.to_host(states.step)[0])
+  progress = metrics_log.Progress(spec.num_steps, step)  # The clock starts now.
   last_saved = latest
-  with _sigterm_requests_stop() as stop:
-    while step < spec.num_steps:
-      target = _next_boundary(step, spec)
-      states, step_metrics = chunk(states, env, target - step)
-      step = target
-      jax.block_until_ready(states)
-      rate = progress.rate(step) if progress else 0.0
-      if step % spec.log_every == 0 or step == spec.num_steps:
-        metrics = distributed.to_host(step_metrics)
-        diverged = int(distributed.to_host(states.diverged).sum())
-        if progress:
-          progress.line(step, rate, {"loss": float(np.nanmean(metrics["loss"])),
-                                     "train_reward": float(np.nanmean(metrics["reward"])),
-                                     "diverged": diverged})
-      if step % spec.eval_every == 0 or step == spec.num_steps:
-        record = _record(step, evaluate(states, env), states, reference, rate)
-        if run.primary:
-          run.metrics_file.append(record)
-        log(f"  eval step {step}: policy value {record.mean('policy_value'):.4f} "
-            f"(optimum {reference['optimal_value']:.4f}), "
-            f"recall {record.mean('recall'):.3f}")
-      stopping = distributed.any_process(stop.requested)
-      if step % spec.checkpoint_every == 0 or step == spec.num_steps or stopping:
-        run.checkpointer.save(step, states, run.config_dict)
-        last_saved = step
-      if stopping:
-        log(f"SIGTERM: saved a checkpoint at step {step}; exiting.")
-        return states, True
+  while step < spec.num_steps:
+    target = _next_boundary(step, spec)
+    stop.chunk_end = target
+    states, step_metrics = programs.chunk(states, run.env, target - step)
+    step = target
+    jax.block_until_ready(states)
+    rate = progress.rate(step)
+    if step % spec.log_every == 0 or step == spec.num_steps:
+      _progress(run, progress, step, rate, step_metrics, states)
+    if step % spec.eval_every == 0 or step == spec.num_steps:
+      _evaluate(run, programs, reference, states, step, rate)
+    # Every process stops at the same chunk when any of them was asked to.
+    stopping = distributed.any_process(stop.stop_requested)
+    if step % spec.checkpoint_every == 0 or step == spec.num_steps or stopping:
+      run.board.flush()  # Events up to a checkpoint are on disk before it.
+      run.checkpointer.save(step, states, run.config_dict)
+      stop.note_saved(step)
+      last_saved = step
+    if stopping:
+      if not stop.stop_requested:
+        stop.requested_by = "A stop on another process"
+      stop.saving = step
+      return states
   if last_saved != step:
     run.checkpointer.save(step, states, run.config_dict)
-  return states, False
+  return states

@@ -1,6 +1,6 @@
 """The device mesh of a run: seeds and the item catalogue across devices.
 
-A mesh has two axes (`config.mesh.seeds` x `config.mesh.items` devices):
+A mesh has two axes (`config.mesh.seeds` x `config.mesh.item_shards` devices):
 
   seeds   independent runs; the seed axis of the `TrainState` is cut over
           it, and seeds never communicate
@@ -70,7 +70,7 @@ def resolve(seeds: int, items: int, num_devices: int, num_seeds: int) -> MeshSha
     ConfigError: the product is not the device count, or `num_seeds` does not
       divide evenly over the seed axis (the message lists what would fit).
   """
-  for name, value in (("mesh.seeds", seeds), ("mesh.items", items)):
+  for name, value in (("mesh.seeds", seeds), ("mesh.item_shards", items)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
       raise ConfigError(f"config.{name} must be an integer >= 0 (0: auto), got {value!r}")
   if seeds == 0 and items == 0:
@@ -78,8 +78,8 @@ def resolve(seeds: int, items: int, num_devices: int, num_seeds: int) -> MeshSha
     items = num_devices // seeds
   elif seeds == 0:
     if num_devices % items:
-      raise ConfigError(f"config.mesh.items={items} does not divide the {num_devices} "
-                        f"devices; {_fits(num_devices, num_seeds)}")
+      raise ConfigError(f"config.mesh.item_shards={items} does not divide the "
+                        f"{num_devices} devices; {_fits(num_devices, num_seeds)}")
     seeds = num_devices // items
   elif items == 0:
     if num_devices % seeds:
@@ -95,6 +95,37 @@ def resolve(seeds: int, items: int, num_devices: int, num_seeds: int) -> MeshSha
         f"config.num_seeds={num_seeds} does not divide evenly over config.mesh.seeds="
         f"{seeds}; {_fits(num_devices, num_seeds)}")
   return MeshShape(seeds, items)
+
+
+# Estimators whose loss is built from the score table's sharded operations
+# (log-sum-exp, top-k, gathers) and so run on an item-sharded mesh.
+ITEM_SHARDED_ESTIMATORS = frozenset({"vpg", "vpg_swr", "ca_pg", "ca_pg_swr"})
+
+
+def check_supported(shape: MeshShape, estimator: str, noise_generator: str,
+                    top_k_kernel: str) -> None:
+  """Refuses, before compiling, what an item-sharded mesh does not run.
+
+  Raises:
+    ConfigError: with `shape.items > 1`, Threefry noise (its draws depend on
+      the shape of the whole matrix, not on the item id), the fused Pallas
+      top-k (it scans the whole catalogue in one kernel), or an estimator
+      outside ITEM_SHARDED_ESTIMATORS.
+  """
+  if shape.items == 1:
+    return
+  where = (f"the item axis of the mesh has {shape.items} devices "
+           "(config.mesh.item_shards; set it to 1 to keep the catalogue on each device)")
+  if noise_generator != "hash":
+    raise ConfigError(f"config.noise_generator={noise_generator!r} cannot be sharded: "
+                      f"{where}; use noise_generator='hash' (the same draw on any mesh)")
+  if top_k_kernel != "xla":
+    raise ConfigError(f"config.top_k_kernel={top_k_kernel!r} runs on one device: {where}; "
+                      "use top_k_kernel='xla'")
+  if estimator not in ITEM_SHARDED_ESTIMATORS:
+    raise ConfigError(f"config.estimator={estimator!r} does not run with the catalogue "
+                      f"sharded: {where}; estimators that do: "
+                      f"{', '.join(sorted(ITEM_SHARDED_ESTIMATORS))}")
 
 
 def build(shape: MeshShape) -> jax.sharding.Mesh:

@@ -160,7 +160,12 @@ class MetricsLog:
 
 
 class Progress:
-  """Human-readable progress lines with steps/s and ETA on stdout."""
+  """Human-readable progress lines with steps/s and ETA on stdout.
+
+  The clock starts when the object is made: the loop makes it after the
+  programs are compiled, so steps/s and the ETA (the remaining steps at the
+  rate of the last interval, evaluations included) leave compilation out.
+  """
 
   def __init__(self, total_steps: int, first_step: int, stream=sys.stdout):
     self.total = total_steps
@@ -178,13 +183,14 @@ class Progress:
 
   def line(self, step: int, steps_per_sec: float, fields: Mapping[str, float]) -> None:
     remaining = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
-    eta = _format_duration(remaining)
+    eta = format_duration(remaining)
     text = " ".join(f"{k}={v:.4g}" for k, v in fields.items())
     print(f"step {step}/{self.total} | {steps_per_sec:,.0f} steps/s | ETA {eta} | {text}",
           file=self.stream, flush=True)
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+  """`1h02m03s`, `4m05s`, or `?` for an unknown (infinite) time."""
   if not math.isfinite(seconds):
     return "?"
   seconds = int(round(seconds))

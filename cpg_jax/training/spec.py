@@ -74,6 +74,7 @@ class RunSpec:
     num_seeds, seed: the seeds trained together (seed .. seed + num_seeds - 1).
     mesh_seeds, mesh_items: the device mesh asked for (0: auto;
       `training.mesh.resolve` fits it to the devices).
+    tensorboard: whether to write TensorBoard event files.
   """
 
   estimator: str
@@ -99,6 +100,7 @@ class RunSpec:
   seed: int
   mesh_seeds: int = 0
   mesh_items: int = 0
+  tensorboard: bool = False
 
   @property
   def num_outputs(self) -> int:
@@ -172,5 +174,6 @@ def from_config(config: ml_collections.ConfigDict) -> RunSpec:
       num_seeds=int(c.num_seeds),
       seed=int(c.seed),
       mesh_seeds=int(c.mesh.seeds),
-      mesh_items=int(c.mesh["items"]),  # `.items` is a ConfigDict method
+      mesh_items=int(c.mesh.item_shards),
+      tensorboard=bool(c.tensorboard),
   )
