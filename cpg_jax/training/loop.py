@@ -262,7 +262,8 @@ def _prepare(run: _Run, states, step_fn):
   programs = compiled.compile_run(run.pipeline, states, env, chunk_lengths(step, spec),
                                   step_fn, run.mesh)
   log(f"Compiled in {programs.compile_seconds:.1f} s.")
-  if step == 0 and not metrics_log.read_records(run.workdir):
+  # One decision for all processes (the evaluation is a collective program).
+  if step == 0 and distributed.any_process(not metrics_log.read_records(run.workdir)):
     _evaluate(run, programs, reference, states, 0, 0.0)
   return programs, reference
 
