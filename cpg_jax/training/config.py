@@ -49,6 +49,10 @@ def _system_defaults(c: ml_collections.ConfigDict) -> None:
   """The estimator, the two stages (K, L, M, the LSR) and the score model."""
   c.estimator = "ca_pg_swr"
   c.swr_combine = "sum"  # ca_pg_swr with M > 1: "sum" (default) or "logsumexp".
+  # ca_pg_exact: quadrature nodes per context (a multiple of 16) and the model
+  # of the count of the items outside the exact head (numerics/inclusion.py).
+  c.exact_nodes = 32
+  c.exact_tail = "series"
   c.num_candidates = 10  # K
   c.num_outputs = 1  # L
   c.num_models = 1  # M
@@ -187,6 +191,7 @@ def _validate_choices(config: ml_collections.ConfigDict) -> None:
   from cpg_jax.training import spec  # pylint: disable=g-import-not-at-top
   _check_choice(config, "estimator", tuple(estimators.ESTIMATORS))
   _check_choice(config, "swr_combine", ("sum", "logsumexp"))
+  _check_choice(config, "exact_tail", estimators.EXACT_TAILS)
   _check_choice(config, "lsr", late_stage.LSR_NAMES)
   _check_choice(config, "position_weights", POSITION_WEIGHTS)
   _check_choice(config, "env.name", ENVIRONMENT_NAMES)
@@ -233,6 +238,7 @@ def _validate_system(config: ml_collections.ConfigDict, num_items: int | None) -
         f"config.num_candidates (K={k}) must be <= the number of items (N={num_items})")
   _check_int(config, "num_outputs", 1, k)
   _check_int(config, "num_models", 1, k)
+  _validate_single_model_estimators(config)
   _check_float(config, "lsr_temperature", 0.0, low_open=True)
   _check_float(config, "lsr_epsilon", 0.0, 1.0)
   _check_float(config, "lsr_alpha", 0.0, 1.0)
@@ -248,6 +254,28 @@ def _validate_system(config: ml_collections.ConfigDict, num_items: int | None) -
   if config.noise_generator == "threefry" and config.score_path == "blocked":
     raise ConfigError("config.noise_generator='threefry' needs config.score_path='dense' "
                       "or 'auto' (the blocked path draws hashed noise per block)")
+
+
+def _validate_single_model_estimators(config: ml_collections.ConfigDict) -> None:
+  """ca_pg_exact and ca_pg_ss: one model, an unsharded catalogue, valid nodes."""
+  from cpg_jax.numerics import estimators  # pylint: disable=g-import-not-at-top
+  name = config.estimator
+  nodes = _check_int(config, "exact_nodes", estimators.EXACT_NODE_MULTIPLE)
+  if nodes % estimators.EXACT_NODE_MULTIPLE:
+    raise ConfigError(f"config.exact_nodes must be a multiple of "
+                      f"{estimators.EXACT_NODE_MULTIPLE} (two Gauss-Legendre panels of 8 "
+                      f"per side), got {nodes}")
+  if name not in estimators.SINGLE_MODEL_ESTIMATORS:
+    return
+  if config.num_models != 1:
+    raise ConfigError(
+        f"config.estimator={name!r} is defined for one model only (its inclusion "
+        f"probability is that of a single Plackett-Luce ranking); got config.num_models="
+        f"{config.num_models}. Use num_models=1, or ca_pg / ca_pg_swr for M > 1")
+  if _get(config, "mesh.items") > 1:
+    raise ConfigError(
+        f"config.estimator={name!r} does not support an item-sharded catalogue "
+        f"(config.mesh.items={_get(config, 'mesh.items')}); use mesh.items=1")
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:

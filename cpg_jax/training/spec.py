@@ -59,6 +59,7 @@ class RunSpec:
   Attributes:
     estimator: registry name (`numerics.estimators.ESTIMATORS`).
     swr_combine: "sum" or "logsumexp" (ca_pg_swr with M > 1).
+    exact_nodes, exact_tail: ca_pg_exact's quadrature nodes and count model.
     num_candidates: K.
     num_models: M.
     lsr: the late-stage ranker (its `num_outputs` is L).
@@ -99,6 +100,8 @@ class RunSpec:
   seed: int
   mesh_seeds: int = 0
   mesh_items: int = 0
+  exact_nodes: int = 32
+  exact_tail: str = "series"
 
   @property
   def num_outputs(self) -> int:
@@ -173,4 +176,6 @@ def from_config(config: ml_collections.ConfigDict) -> RunSpec:
       seed=int(c.seed),
       mesh_seeds=int(c.mesh.seeds),
       mesh_items=int(c.mesh["items"]),  # `.items` is a ConfigDict method
+      exact_nodes=int(c.exact_nodes),
+      exact_tail=str(c.exact_tail),
   )
