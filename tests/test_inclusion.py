@@ -39,8 +39,14 @@ def enumerate_inclusion(scores: np.ndarray, num_candidates: int) -> np.ndarray:
   weights = np.exp(scores - scores.max())
   lists = np.array(list(itertools.permutations(range(len(scores)), num_candidates)))
   drawn = weights[lists]  # [lists, K]
-  before = np.concatenate([np.zeros((len(lists), 1)), np.cumsum(drawn, axis=1)[:, :-1]], 1)
-  prob = np.prod(drawn / (weights.sum() - before), axis=1)
+  # The remaining mass summed over the items not yet drawn (not W minus the
+  # drawn mass: that cancels to ~1e-10 relative at K = N with peaked scores).
+  taken = np.zeros((len(lists), num_candidates, len(scores)), bool)
+  for k in range(1, num_candidates):
+    taken[:, k] = taken[:, k - 1]
+    taken[np.arange(len(lists)), k, lists[:, k - 1]] = True
+  remaining = np.sum(np.where(taken, 0.0, weights), axis=-1)  # [lists, K]
+  prob = np.prod(drawn / remaining, axis=1)
   inclusion_prob = np.zeros(len(scores))
   for k in range(num_candidates):
     np.add.at(inclusion_prob, lists[:, k], prob)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from cpg_jax import environments
+from cpg_jax.numerics import baselines
 from cpg_jax.numerics import estimators
 from cpg_jax.numerics import rollout as rollout_lib
 from cpg_jax.numerics import scores as scores_lib
@@ -188,9 +189,10 @@ def build(spec: RunSpec, item_shards_of=None) -> tuple[Pipeline, environments.En
   pipeline = Pipeline(
       spec=spec,
       model=model,
-      loss_fn=estimators.get_estimator(spec.estimator, spec.swr_combine,
-                                       exact_nodes=spec.exact_nodes,
-                                       exact_tail=spec.exact_tail),
+      loss_fn=baselines.with_baseline(
+          estimators.get_estimator(spec.estimator, spec.swr_combine,
+                                   exact_nodes=spec.exact_nodes, exact_tail=spec.exact_tail),
+          spec.estimator, spec.baseline, spec.group_size, spec.standardize_rewards),
       optimizer=build_optimizer(spec.optimizer, item_shards),
       item_shards=item_shards,
   )

@@ -60,6 +60,9 @@ class RunSpec:
     estimator: registry name (`numerics.estimators.ESTIMATORS`).
     swr_combine: "sum" or "logsumexp" (ca_pg_swr with M > 1).
     exact_nodes, exact_tail: ca_pg_exact's quadrature nodes and count model.
+    baseline, group_size, standardize_rewards: variance reduction
+      (`numerics.baselines`); batch_size counts rollouts, group_size of
+      them per context.
     num_candidates: K.
     num_models: M.
     lsr: the late-stage ranker (its `num_outputs` is L).
@@ -102,6 +105,9 @@ class RunSpec:
   mesh_items: int = 0
   exact_nodes: int = 32
   exact_tail: str = "series"
+  baseline: str = "none"
+  group_size: int = 1
+  standardize_rewards: bool = False
 
   @property
   def num_outputs(self) -> int:
@@ -178,4 +184,7 @@ def from_config(config: ml_collections.ConfigDict) -> RunSpec:
       mesh_items=int(c.mesh["items"]),  # `.items` is a ConfigDict method
       exact_nodes=int(c.exact_nodes),
       exact_tail=str(c.exact_tail),
+      baseline=str(c.baseline),
+      group_size=int(c.group_size),
+      standardize_rewards=bool(c.standardize_rewards),
   )

@@ -30,6 +30,15 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def sample_context_groups(env: Environment, key: jax.Array, batch_size: int,
+                          group_size: int) -> jax.Array:
+  """int32 `[batch_size]` context ids: batch_size / group_size contexts, each
+  repeated on group_size consecutive rows (one draw per row at group_size 1)."""
+  if group_size == 1:
+    return env.sample_contexts(key, batch_size)
+  return jnp.repeat(env.sample_contexts(key, batch_size // group_size), group_size)
+
+
 def train_step(
     pipeline: Pipeline, env: Environment, state: TrainState
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -46,7 +55,7 @@ def train_step(
   spec = pipeline.spec
   key = streams.stream_key(state.key, streams.TRAIN_STREAM, state.step)
   key_contexts, key_rollout = jax.random.split(key)
-  context_ids = env.sample_contexts(key_contexts, spec.batch_size)
+  context_ids = sample_context_groups(env, key_contexts, spec.batch_size, spec.group_size)
 
   def loss_and_rollout(params):
     scores = pipeline.score_table(params, context_ids)
