@@ -47,7 +47,8 @@ _TITLES = {"bias": "relative bias ||E g - g*|| / ||g*||", "trace_cov": "trace of
            "snr": "SNR ||E g|| / sqrt(tr Cov)", "cosine": "mean cos(g, g*)"}
 # Beyond this catalogue size the true gradient is estimated, not enumerated.
 MAX_ENUMERATED_ITEMS = 8
-_CHUNK = 32  # gradient draws per compiled call
+# Gradient draws per compiled call (vmapped): memory grows with it.
+DEFAULT_CHUNK = 16
 
 
 class StudyError(user_errors.UserError, ValueError):
@@ -85,7 +86,8 @@ def init_params(pipeline, seed: int, checkpoint: str | None = None):
   return jax.tree.map(lambda x: x[0], states.params)
 
 
-def sample_estimates(pipeline, env, params, key, draws: int) -> np.ndarray:
+def sample_estimates(pipeline, env, params, key, draws: int,
+                     chunk: int = DEFAULT_CHUNK) -> np.ndarray:
   """`draws` independent single-batch estimates, flattened: float64 `[draws, P]`."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
@@ -96,9 +98,10 @@ def sample_estimates(pipeline, env, params, key, draws: int) -> np.ndarray:
     return -ravel_pytree(grads)[0]
 
   many = jax.jit(jax.vmap(one))
-  keys = jax.random.split(key, draws)
-  parts = [np.asarray(many(keys[i:i + _CHUNK]), np.float64) for i in range(0, draws, _CHUNK)]
-  return np.concatenate(parts, axis=0)
+  # Whole chunks only (one compilation); the extra draws are dropped.
+  keys = jax.random.split(key, -(-draws // chunk) * chunk)
+  parts = [np.asarray(many(keys[i:i + chunk]), np.float64) for i in range(0, draws, chunk)]
+  return np.concatenate(parts, axis=0)[:draws]
 
 
 def can_enumerate(spec, num_items: int) -> bool:
