@@ -78,6 +78,7 @@ import numpy as np
 from jax.scipy import special
 
 from cpg_jax.numerics import race
+from cpg_jax.numerics import sharding
 
 # The smallest sinh scale of the panels (in ln t).
 _SCALE_MIN = 1.0
@@ -216,7 +217,7 @@ def _series_cdf(stats: jax.Array, k: int) -> jax.Array:
     a = jnp.clip(jnp.nan_to_num(a), -1e30, 1e30)
     return jnp.concatenate([a[None], window[:-1]], axis=0), a
 
-  start = jnp.zeros(beta.shape, dtype).at[0].set(1.0)
+  start = sharding.varying_like(jnp.zeros(beta.shape, dtype).at[0].set(1.0), beta)
   _, a = jax.lax.scan(step, start, jnp.asarray(coef, dtype))  # [K-1, X]
   a = jnp.concatenate([jnp.ones((1, a.shape[1]), dtype), a], axis=0)  # [K, X]
   m = jnp.arange(k, dtype=dtype)[:, None]
@@ -287,6 +288,7 @@ def _add_items(p, q, start, chunk: int):
 
 def _add_items_fwd(p, q, start, chunk):
   p_chunks, q_chunks = _split_chunks(p, q, chunk)
+  start = sharding.varying_like(start, p)  # a constant start (tail="exact") in shard_map
 
   def run_chunk(state, pq):
     end = jax.lax.scan(lambda c, x: (_add_item(c, *x), None), state, pq)[0]
@@ -336,7 +338,7 @@ def _head_tables(head_p, head_q, tail_cdf):
   p = head_p.reshape(batch * nodes, -1).T  # [h, X]
   q = head_q.reshape(batch * nodes, -1).T
   tail = tail_cdf.reshape(batch * nodes, k).T  # [K, X]
-  start = jnp.zeros_like(tail).at[0].set(1.0)
+  start, tail = sharding.varying_like((jnp.zeros_like(tail).at[0].set(1.0), tail), p)
 
   # One scan builds both tables: step j adds head item j to the prefix and
   # head item h-1-j to the suffix. The CDF obeys the same recursion as the

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cpg_jax.numerics import sharding
+
 # exp(-e^40) is 0 in float32 and float64: beyond it p = 1, q = 0 exactly, and
 # clamping there keeps e^y finite (so 0 * inf never appears in a gradient).
 Y_MAX = 40.0
@@ -333,7 +335,7 @@ def _reduce(source, shift: jax.Array, num_moments: int,
     return total + masked_item_sums(scores, mask, shift, num_moments), None
 
   firsts = jnp.arange(inputs.shape[0]) * block
-  init = jnp.zeros((batch, num_moments), source.dtype)
+  init = sharding.varying_like(jnp.zeros((batch, num_moments), source.dtype), shift)
   total, _ = jax.lax.scan(body, init, (inputs, firsts))
   return total
 
@@ -360,6 +362,8 @@ def top_items(source, k: int) -> jax.Array:
     return (top, jnp.take_along_axis(merged_ids, where, axis=1)), None
 
   init = (jnp.full((batch, k), -jnp.inf, source.dtype), jnp.zeros((batch, k), jnp.int32))
+  # Inside shard_map the carry must vary like the scores it will hold.
+  init = sharding.varying_like(init, source.contexts)
   firsts = jnp.arange(inputs.shape[0]) * block
   (_, ids), _ = jax.lax.scan(body, init, (inputs, firsts))
   return ids

@@ -39,7 +39,12 @@ def varying_like(tree, like: jax.Array):
   axes = tuple(sorted(jax.typeof(like).mat.varying))
   if not axes:
     return tree
-  return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree)
+
+  def cast(x):  # Only the axes x does not vary over yet (pcast refuses the others).
+    missing = tuple(a for a in axes if a not in jax.typeof(x).mat.varying)
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+  return jax.tree.map(cast, tree)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from cpg_jax.numerics import race
+from cpg_jax.numerics import sharding
 
 _SS_MOMENTS = 32
 
@@ -148,7 +149,8 @@ def _ss_blocked_bwd(k, num_iterations, block_size, residuals, grad):
     return grad_contexts, jnp.dot(grad_scores.T, contexts, precision=jax.lax.Precision.HIGHEST)
 
   firsts = jnp.arange(inputs.shape[0]) * block
-  grad_contexts, grad_blocks = jax.lax.scan(body, jnp.zeros_like(contexts), (inputs, firsts))
+  init = sharding.varying_like(jnp.zeros_like(contexts), total)
+  grad_contexts, grad_blocks = jax.lax.scan(body, init, (inputs, firsts))
   grad_vectors = grad_blocks.reshape(-1, item_vectors.shape[1])[:num_items]
   # The delta_aj part: the requested items' own scores.
   picked = item_vectors[items]  # [batch, L, d]
