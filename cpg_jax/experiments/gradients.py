@@ -19,8 +19,9 @@ with the true gradient g* of the policy value V:
 
 g* is exact by enumeration where the system is tiny (N <= 8, one model, L =
 1, the optimal or uniform LSR, no baseline or groups: `exact_moments`),
-otherwise the mean of `--reference_draws` V-PG estimates (unbiased), whose
-own standard error enters the bias's. Writes `<out>/gradients.md` (a
+otherwise the mean of `--reference_draws` unbiased V-PG estimates, each over
+every context with 4 rollouts and a leave-one-out baseline (`_reference`),
+whose own standard error enters the bias's. Writes `<out>/gradients.md` (a
 Markdown table), `<out>/gradients.json` and `<out>/gradients.png` (one panel
 per measure, K on the x-axis).
 
@@ -45,6 +46,10 @@ from cpg_jax.experiments import runs as runs_lib
 MEASURES = ("bias", "trace_cov", "snr", "cosine")
 _TITLES = {"bias": "relative bias ||E g - g*|| / ||g*||", "trace_cov": "trace of Cov(g)",
            "snr": "SNR ||E g|| / sqrt(tr Cov)", "cosine": "mean cos(g, g*)"}
+# Rollouts per context of the sampled reference (leave-one-out within them).
+REFERENCE_GROUP = 4
+# Rollouts per context of each estimator's stratified mean.
+MEAN_GROUP = 2
 # Beyond this catalogue size the true gradient is estimated, not enumerated.
 MAX_ENUMERATED_ITEMS = 8
 # Gradient draws per compiled call (vmapped): memory grows with it.
@@ -87,14 +92,15 @@ def init_params(pipeline, seed: int, checkpoint: str | None = None):
 
 
 def sample_estimates(pipeline, env, params, key, draws: int,
-                     chunk: int = DEFAULT_CHUNK) -> np.ndarray:
-  """`draws` independent single-batch estimates, flattened: float64 `[draws, P]`."""
+                     chunk: int = DEFAULT_CHUNK, context_ids=None) -> np.ndarray:
+  """`draws` independent single-batch estimates, flattened: float64 `[draws, P]`
+  (of the fixed `context_ids` `[batch]` when given, else sampled ones)."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
   from cpg_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
 
   def one(k):
-    grads = step_lib.loss_and_gradient(pipeline, env, params, k)[2]
+    grads = step_lib.loss_and_gradient(pipeline, env, params, k, context_ids)[2]
     return -ravel_pytree(grads)[0]
 
   many = jax.jit(jax.vmap(one))
@@ -176,22 +182,27 @@ def exact_moments(pipeline, env, params) -> dict[str, Any]:
   return {"true": true, "mean": row_mean, "trace_cov": float(trace)}
 
 
-def summarise(estimates: np.ndarray, reference: np.ndarray, reference_trace: float = 0.0
+def summarise(estimates: np.ndarray, reference: np.ndarray, reference_trace: float = 0.0,
+              mean: np.ndarray | None = None, mean_trace: float | None = None
               ) -> dict[str, float]:
   """The four measures of `estimates` `[D, P]` against `reference` `[P]`.
 
   `reference_trace`: tr Cov of the reference itself (0 when exact; tr Cov /
-  D_ref for a sampled mean), added to the bias's standard error.
+  D_ref for a sampled mean), added to the bias's standard error. `mean`,
+  `mean_trace`: a better estimate of the estimator's expectation `[P]` and
+  the tr Cov of that estimate (the stratified means of `run_study`); by
+  default the mean of `estimates` and tr Cov / D.
   """
   draws = estimates.shape[0]
-  mean = estimates.mean(axis=0)
   trace = float(np.sum(estimates.var(axis=0, ddof=1)))
+  if mean is None:
+    mean, mean_trace = estimates.mean(axis=0), trace / draws
   ref_norm = float(np.linalg.norm(reference))
   norms = np.linalg.norm(estimates, axis=1) * ref_norm
   cosines = estimates @ reference / np.maximum(norms, 1e-300)
   return {
       "bias": float(np.linalg.norm(mean - reference)) / ref_norm,
-      "bias_se": math.sqrt(trace / draws + reference_trace) / ref_norm,
+      "bias_se": math.sqrt(mean_trace + reference_trace) / ref_norm,
       "trace_cov": trace,
       "snr": float(np.linalg.norm(mean)) / math.sqrt(max(trace, 1e-300)),
       "cosine": float(np.mean(cosines)),
@@ -200,20 +211,49 @@ def summarise(estimates: np.ndarray, reference: np.ndarray, reference_trace: flo
   }
 
 
+def stratified_mean(config, estimator: str, k: int, params, key, draws: int, group: int,
+                    baseline: str = "none") -> tuple[np.ndarray, float]:
+  """An estimate of `estimator`'s expectation `[P]` and its tr Cov.
+
+  Each draw covers every context once (stratified: no context-sampling
+  noise) with `group` rollouts each, so its mean is the estimator's
+  expectation under uniform contexts; `baseline="leave_one_out"` (within
+  each group) is allowed for V-PG, which it keeps unbiased.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cpg_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  base = point_config(config, estimator, k)
+  rows = base.env.num_contexts * group
+  pipeline, env = build(config_lib.apply_overrides(base, {
+      "baseline": baseline, "group_size": group, "batch_size": rows}))
+  contexts = jnp.repeat(jnp.arange(env.num_contexts, dtype=jnp.int32), group)
+  estimates = sample_estimates(pipeline, env, params, key, draws, chunk=2,
+                               context_ids=contexts)
+  return estimates.mean(axis=0), float(np.sum(estimates.var(axis=0, ddof=1))) / draws
+
+
 def _reference(config, k: int, params, key, reference_draws: int):
-  """(g*, its tr Cov, how it was obtained) at one K."""
+  """(g*, its tr Cov, how it was obtained) at one K: exact by enumeration, or
+  the stratified V-PG mean with REFERENCE_GROUP rollouts per context and a
+  leave-one-out baseline (unbiased for grad V)."""
   pipeline, env = build(point_config(config, "vpg", k))
   if can_enumerate(pipeline.spec, env.num_items):
     return exact_moments(pipeline, env, params)["true"], 0.0, "exact (enumeration)"
-  estimates = sample_estimates(pipeline, env, params, key, reference_draws)
-  trace = float(np.sum(estimates.var(axis=0, ddof=1))) / reference_draws
-  return estimates.mean(axis=0), trace, f"V-PG mean of {reference_draws} draws"
+  mean, trace = stratified_mean(config, "vpg", k, params, key, reference_draws,
+                                REFERENCE_GROUP, "leave_one_out")
+  return mean, trace, (f"V-PG, {reference_draws} x {env.num_contexts} contexts x "
+                       f"{REFERENCE_GROUP}, leave-one-out")
 
 
 def run_study(config, estimators: Sequence[str], ks: Sequence[int], draws: int,
               reference_draws: int, seed: int = 0, checkpoint: str | None = None,
-              log=print) -> list[dict[str, Any]]:
-  """One row per (K, estimator): the measures of `summarise` plus the names."""
+              log=print, mean_draws: int = 0) -> list[dict[str, Any]]:
+  """One row per (K, estimator): the measures of `summarise` plus the names.
+
+  `mean_draws` > 0: the estimator's expectation (for bias and SNR) from that
+  many stratified draws (`stratified_mean`, MEAN_GROUP rollouts per context)
+  instead of the mean of the single-batch draws.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   rows = []
   params = None
@@ -226,8 +266,13 @@ def run_study(config, estimators: Sequence[str], ks: Sequence[int], draws: int,
     for i, name in enumerate(estimators):
       pipeline, env = build(point_config(config, name, k))
       estimates = sample_estimates(pipeline, env, params, jax.random.fold_in(key, i + 1), draws)
+      mean = mean_trace = None
+      if mean_draws and how != "exact (enumeration)":
+        mean, mean_trace = stratified_mean(config, name, k, params,
+                                           jax.random.fold_in(key, 1000 + i), mean_draws,
+                                           MEAN_GROUP)
       row = {"estimator": name, "K": k, "reference": how,
-             **summarise(estimates, reference, ref_trace)}
+             **summarise(estimates, reference, ref_trace, mean, mean_trace)}
       log(f"K={k} {name}: bias {row['bias']:.3g} (se {row['bias_se']:.2g}), tr Cov "
           f"{row['trace_cov']:.3g}, SNR {row['snr']:.3g}, cos {row['cosine']:.3f}")
       rows.append(row)
@@ -301,7 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--estimators", default="vpg,ca_pg,ca_pg_exact,ca_pg_ss,ca_pg_swr")
   parser.add_argument("--K", default="5,10,20,50,100")
   parser.add_argument("--draws", type=int, default=200)
-  parser.add_argument("--reference_draws", type=int, default=2000)
+  parser.add_argument("--reference_draws", type=int, default=50,
+                      help="stratified V-PG draws (each: every context x 4 rollouts)")
+  parser.add_argument("--mean_draws", type=int, default=10,
+                      help="stratified draws of each estimator's mean (every context x 2)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--checkpoint", default=None, help="a run's workdir (same config)")
   parser.add_argument("--out", default="runs/gradients")
@@ -313,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.draws < 2 or args.reference_draws < 2:
       raise StudyError("--draws and --reference_draws must be >= 2")
     rows = run_study(config, estimators, ks, args.draws, args.reference_draws, args.seed,
-                     args.checkpoint)
+                     args.checkpoint, mean_draws=args.mean_draws)
   except (user_errors.UserError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -39,17 +39,20 @@ def sample_context_groups(env: Environment, key: jax.Array, batch_size: int,
   return jnp.repeat(env.sample_contexts(key, batch_size // group_size), group_size)
 
 
-def loss_and_gradient(pipeline: Pipeline, env: Environment, params, key: jax.Array):
+def loss_and_gradient(pipeline: Pipeline, env: Environment, params, key: jax.Array,
+                      context_ids: jax.Array | None = None):
   """One batch's surrogate loss, its rollout and the loss's gradient (a pytree
   like `params`): -grads is one single-batch policy-gradient estimate.
 
-  Draws `batch_size` rollouts (in groups of `group_size` per context), scores
-  all items once, inside `value_and_grad`; sampling reads them under
-  `stop_gradient`.
+  Draws `batch_size` rollouts (in groups of `group_size` per context; or of
+  the given `context_ids` `[batch_size]`, e.g. the gradient study's
+  stratified reference), scores all items once, inside `value_and_grad`;
+  sampling reads them under `stop_gradient`.
   """
   spec = pipeline.spec
   key_contexts, key_rollout = jax.random.split(key)
-  context_ids = sample_context_groups(env, key_contexts, spec.batch_size, spec.group_size)
+  if context_ids is None:
+    context_ids = sample_context_groups(env, key_contexts, spec.batch_size, spec.group_size)
 
   def loss_and_rollout(params):
     scores = pipeline.score_table(params, context_ids)
