@@ -11,10 +11,14 @@ the latest checkpoint of `--checkpoint=WORKDIR`), for each K and estimator,
 batch_size rollouts, exactly as a training step computes it) are compared
 with the true gradient g* of the policy value V:
 
-  bias       ||mean_i g_i - g*|| / ||g*||  (relative; with its standard error:
-             the noise of both means, sqrt(tr Cov / D + tr Cov_ref / D_ref))
+  bias       ||E g - g*|| / ||g*||  (relative), from the sample means with
+             their noise removed: ||mean - g*||^2 - tr Cov/D - tr Cov_ref/D_ref
+             (floored at 0; ||g*||^2 likewise), with the standard error
+             sqrt(tr Cov / D + tr Cov_ref / D_ref) / ||g*||: a bias below
+             about 2 se is not resolved
   trace_cov  tr Cov(g) = sum over parameters of the sample variance (ddof 1)
-  snr        ||mean_i g_i|| / sqrt(tr Cov(g))  (one draw's signal-to-noise)
+  snr        ||E g|| / sqrt(tr Cov(g)), ||E g||^2 = ||mean||^2 - tr Cov/D
+             (one draw's signal-to-noise)
   cosine     mean_i cos(g_i, g*)  (what one training step's direction gets)
 
 g* is exact by enumeration where the system is tiny (N <= 8, one model, L =
@@ -197,14 +201,19 @@ def summarise(estimates: np.ndarray, reference: np.ndarray, reference_trace: flo
   trace = float(np.sum(estimates.var(axis=0, ddof=1)))
   if mean is None:
     mean, mean_trace = estimates.mean(axis=0), trace / draws
-  ref_norm = float(np.linalg.norm(reference))
-  norms = np.linalg.norm(estimates, axis=1) * ref_norm
+  # Squared norms of sampled means carry their noise, tr Cov of the mean:
+  # subtracted (unbiased estimates of the squared norms, floored at 0).
+  ref_norm = math.sqrt(max(float(reference @ reference) - reference_trace, 1e-300))
+  signal = math.sqrt(max(float(mean @ mean) - mean_trace, 0.0))
+  gap = mean - reference
+  bias = math.sqrt(max(float(gap @ gap) - mean_trace - reference_trace, 0.0))
+  norms = np.linalg.norm(estimates, axis=1) * float(np.linalg.norm(reference))
   cosines = estimates @ reference / np.maximum(norms, 1e-300)
   return {
-      "bias": float(np.linalg.norm(mean - reference)) / ref_norm,
+      "bias": bias / ref_norm,
       "bias_se": math.sqrt(mean_trace + reference_trace) / ref_norm,
       "trace_cov": trace,
-      "snr": float(np.linalg.norm(mean)) / math.sqrt(max(trace, 1e-300)),
+      "snr": signal / math.sqrt(max(trace, 1e-300)),
       "cosine": float(np.mean(cosines)),
       "cosine_se": float(np.std(cosines, ddof=1) / math.sqrt(draws)),
       "draws": draws,
@@ -303,7 +312,9 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
   for ax, measure in zip(axes, MEASURES):
     for name in names:
       mine = sorted((r for r in rows if r["estimator"] == name), key=lambda r: r["K"])
-      ax.plot([r["K"] for r in mine], [r[measure] for r in mine], "o-", color=colors[name],
+      # A zero (noise-corrected to 0) has no place on a log axis: left out.
+      values = [r[measure] if measure == "cosine" or r[measure] > 0 else np.nan for r in mine]
+      ax.plot([r["K"] for r in mine], values, "o-", color=colors[name],
               label=runs_lib.estimator_name(name))
     ax.set_xscale("log")
     if measure != "cosine":
