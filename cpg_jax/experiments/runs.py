@@ -23,12 +23,14 @@ from cpg_jax.training import metrics_log
 from cpg_jax.user_errors import UserError
 
 ESTIMATOR_NAMES = {"vpg": "V-PG", "vpg_swr": "V-PG-SwR", "ca_pg": "CA-PG",
-                   "ca_pg_swr": "CA-PG-SwR"}
-# One colour per estimator in every figure: the paper's for its four.
+                   "ca_pg_swr": "CA-PG-SwR", "ca_pg_exact": "CA-PG-exact",
+                   "ca_pg_ss": "CA-PG-SS"}
+# One colour per estimator in every figure: the paper's for its four, then
+# orange and purple for the exact and successive-sampling marginals.
 ESTIMATOR_COLORS = {"vpg": "#1f77b4", "vpg_swr": "#2ca02c", "ca_pg": "#d62728",
-                    "ca_pg_swr": "#e377c2"}
+                    "ca_pg_swr": "#e377c2", "ca_pg_exact": "#ff7f0e", "ca_pg_ss": "#9467bd"}
 # Colours for estimators without a fixed one, in order of first appearance.
-SPARE_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f")
+SPARE_COLORS = ("#8c564b", "#17becf", "#bcbd22", "#7f7f7f")
 # Fields that say how a run was executed or recorded, not what it trains:
 # never worth a legend label.
 NOT_IN_LABELS = frozenset({

@@ -91,6 +91,22 @@ def _system_defaults(c: ml_collections.ConfigDict) -> None:
   """The estimator, the two stages (K, L, M, the LSR) and the score model."""
   c.estimator = "ca_pg_swr"
   c.swr_combine = "sum"  # ca_pg_swr with M > 1: "sum" (default) or "logsumexp".
+  # ca_pg_exact: quadrature nodes per context (a multiple of 16) and the model
+  # of the count of the items outside the exact head (numerics/inclusion.py).
+  c.exact_nodes = 32
+  c.exact_tail = "series"
+  # Variance reduction (numerics/baselines.py): a baseline subtracted from the
+  # rewards ("none", "batch_mean", "leave_one_out"), computed over each group
+  # of group_size rollouts of one context (batch_size counts rollouts: a step
+  # sees batch_size / group_size contexts) or over the batch at group_size 1;
+  # standardize_rewards divides by the pool's standard deviation. The
+  # credit-assigned estimators then get the pool's minimum subtracted (r >= 0).
+  # Combinations that bias the estimator are refused unless
+  # allow_biased_baseline is True.
+  c.baseline = "none"
+  c.group_size = 1
+  c.standardize_rewards = False
+  c.allow_biased_baseline = False
   c.num_candidates = 10  # K
   c.num_outputs = 1  # L
   c.num_models = 1  # M
@@ -227,10 +243,12 @@ def validate(config: ml_collections.ConfigDict, num_items: int | None = None) ->
 
 def _validate_choices(config: ml_collections.ConfigDict) -> None:
   # The registries live with the numerics (JAX); imported here, when needed.
-  from cpg_jax.numerics import estimators, late_stage, scores  # pylint: disable=g-import-not-at-top
+  from cpg_jax.numerics import baselines, estimators, late_stage, scores  # pylint: disable=g-import-not-at-top
   from cpg_jax.training import spec  # pylint: disable=g-import-not-at-top
   _check_choice(config, "estimator", tuple(estimators.ESTIMATORS))
   _check_choice(config, "swr_combine", ("sum", "logsumexp"))
+  _check_choice(config, "exact_tail", estimators.EXACT_TAILS)
+  _check_choice(config, "baseline", baselines.BASELINES)
   _check_choice(config, "lsr", late_stage.LSR_NAMES)
   _check_choice(config, "position_weights", POSITION_WEIGHTS)
   _check_choice(config, "env.name", ENVIRONMENT_NAMES)
@@ -277,6 +295,7 @@ def _validate_system(config: ml_collections.ConfigDict, num_items: int | None) -
         f"config.num_candidates (K={k}) must be <= the number of items (N={num_items})")
   _check_int(config, "num_outputs", 1, k)
   _check_int(config, "num_models", 1, k)
+  _validate_single_model_estimators(config)
   _check_float(config, "lsr_temperature", 0.0, low_open=True)
   _check_float(config, "lsr_epsilon", 0.0, 1.0)
   _check_float(config, "lsr_alpha", 0.0, 1.0)
@@ -292,6 +311,28 @@ def _validate_system(config: ml_collections.ConfigDict, num_items: int | None) -
   if config.noise_generator == "threefry" and config.score_path == "blocked":
     raise ConfigError("config.noise_generator='threefry' needs config.score_path='dense' "
                       "or 'auto' (the blocked path draws hashed noise per block)")
+
+
+def _validate_single_model_estimators(config: ml_collections.ConfigDict) -> None:
+  """ca_pg_exact and ca_pg_ss: one model, an unsharded catalogue, valid nodes."""
+  from cpg_jax.numerics import estimators  # pylint: disable=g-import-not-at-top
+  name = config.estimator
+  nodes = _check_int(config, "exact_nodes", estimators.EXACT_NODE_MULTIPLE)
+  if nodes % estimators.EXACT_NODE_MULTIPLE:
+    raise ConfigError(f"config.exact_nodes must be a multiple of "
+                      f"{estimators.EXACT_NODE_MULTIPLE} (two Gauss-Legendre panels of 8 "
+                      f"per side), got {nodes}")
+  if name not in estimators.SINGLE_MODEL_ESTIMATORS:
+    return
+  if config.num_models != 1:
+    raise ConfigError(
+        f"config.estimator={name!r} is defined for one model only (its inclusion "
+        f"probability is that of a single Plackett-Luce ranking); got config.num_models="
+        f"{config.num_models}. Use num_models=1, or ca_pg / ca_pg_swr for M > 1")
+  if _get(config, "mesh.item_shards") > 1:
+    raise ConfigError(
+        f"config.estimator={name!r} does not support an item-sharded catalogue "
+        f"(config.mesh.item_shards={_get(config, 'mesh.item_shards')}); use mesh.item_shards=1")
 
 
 def _validate_training(config: ml_collections.ConfigDict) -> None:
@@ -313,6 +354,36 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
   if not isinstance(_get(config, "tensorboard"), bool):
     raise ConfigError(f"config.tensorboard must be True or False, got "
                       f"{_get(config, 'tensorboard')!r}")
+  _validate_variance_reduction(config)
+
+
+def _check_bool(config: ml_collections.ConfigDict, field: str) -> bool:
+  value = _get(config, field)
+  if not isinstance(value, bool):
+    raise ConfigError(f"config.{field} must be True or False, got {value!r}")
+  return value
+
+
+def _validate_variance_reduction(config: ml_collections.ConfigDict) -> None:
+  """Group sizes that fit the batch; baselines that keep the estimator unbiased
+  (or an explicit `allow_biased_baseline`)."""
+  from cpg_jax.numerics import baselines  # pylint: disable=g-import-not-at-top
+  group = _check_int(config, "group_size", 1)
+  standardize = _check_bool(config, "standardize_rewards")
+  allow = _check_bool(config, "allow_biased_baseline")
+  if config.batch_size % group:
+    raise ConfigError(f"config.group_size={group} must divide config.batch_size="
+                      f"{config.batch_size} (batch_size counts rollouts)")
+  pool = group if group > 1 else config.batch_size
+  if config.baseline == "leave_one_out" and pool < 2:
+    raise ConfigError("config.baseline='leave_one_out' needs at least 2 rollouts per pool "
+                      "(config.group_size >= 2, or config.batch_size >= 2 at group_size 1)")
+  reason = baselines.bias_reason(config.estimator, config.baseline, standardize)
+  if reason is not None and not allow:
+    raise ConfigError(
+        f"config.baseline={config.baseline!r} (standardize_rewards={standardize}) biases "
+        f"config.estimator={config.estimator!r}: {reason}. Set "
+        f"config.allow_biased_baseline=True to use it anyway")
 
 
 def parse_config_arg(arg: str, defaults: dict[str, str], config_file: str) -> dict[str, str]:

@@ -16,11 +16,13 @@ import jax.numpy as jnp
 import optax
 
 from cpg_jax import environments
+from cpg_jax.numerics import baselines
 from cpg_jax.numerics import estimators
 from cpg_jax.numerics import rollout as rollout_lib
 from cpg_jax.numerics import scores as scores_lib
 from cpg_jax.numerics.model import TwoTowerScorer
 from cpg_jax.numerics.sharding import ItemShards
+from cpg_jax.training import config as config_lib
 from cpg_jax.training import mesh as mesh_lib
 from cpg_jax.training.spec import EnvironmentSpec, OptimizerSpec, RunSpec
 
@@ -178,10 +180,19 @@ def build(spec: RunSpec, item_shards_of=None) -> tuple[Pipeline, environments.En
       tower_layers=spec.tower_layers,
   )
   item_shards = None if item_shards_of is None else item_shards_of(env.num_items)
+  if item_shards is not None and spec.estimator in estimators.SINGLE_MODEL_ESTIMATORS:
+    # The automatic mesh can put devices on the item axis (config.mesh = 0).
+    raise config_lib.ConfigError(
+        f"config.estimator={spec.estimator!r} does not support an item-sharded catalogue "
+        f"(the mesh has {item_shards.count} devices on the item axis); set "
+        f"config.mesh.item_shards=1")
   pipeline = Pipeline(
       spec=spec,
       model=model,
-      loss_fn=estimators.get_estimator(spec.estimator, spec.swr_combine),
+      loss_fn=baselines.with_baseline(
+          estimators.get_estimator(spec.estimator, spec.swr_combine,
+                                   exact_nodes=spec.exact_nodes, exact_tail=spec.exact_tail),
+          spec.estimator, spec.baseline, spec.group_size, spec.standardize_rewards),
       optimizer=build_optimizer(spec.optimizer, item_shards),
       item_shards=item_shards,
   )

@@ -59,6 +59,10 @@ class RunSpec:
   Attributes:
     estimator: registry name (`numerics.estimators.ESTIMATORS`).
     swr_combine: "sum" or "logsumexp" (ca_pg_swr with M > 1).
+    exact_nodes, exact_tail: ca_pg_exact's quadrature nodes and count model.
+    baseline, group_size, standardize_rewards: variance reduction
+      (`numerics.baselines`); batch_size counts rollouts, group_size of
+      them per context.
     num_candidates: K.
     num_models: M.
     lsr: the late-stage ranker (its `num_outputs` is L).
@@ -101,6 +105,11 @@ class RunSpec:
   mesh_seeds: int = 0
   mesh_items: int = 0
   tensorboard: bool = False
+  exact_nodes: int = 32
+  exact_tail: str = "series"
+  baseline: str = "none"
+  group_size: int = 1
+  standardize_rewards: bool = False
 
   @property
   def num_outputs(self) -> int:
@@ -176,4 +185,9 @@ def from_config(config: ml_collections.ConfigDict) -> RunSpec:
       mesh_seeds=int(c.mesh.seeds),
       mesh_items=int(c.mesh.item_shards),
       tensorboard=bool(c.tensorboard),
+      exact_nodes=int(c.exact_nodes),
+      exact_tail=str(c.exact_tail),
+      baseline=str(c.baseline),
+      group_size=int(c.group_size),
+      standardize_rewards=bool(c.standardize_rewards),
   )

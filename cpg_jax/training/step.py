@@ -30,6 +30,41 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def sample_context_groups(env: Environment, key: jax.Array, batch_size: int,
+                          group_size: int) -> jax.Array:
+  """int32 `[batch_size]` context ids: batch_size / group_size contexts, each
+  repeated on group_size consecutive rows (one draw per row at group_size 1)."""
+  if group_size == 1:
+    return env.sample_contexts(key, batch_size)
+  return jnp.repeat(env.sample_contexts(key, batch_size // group_size), group_size)
+
+
+def loss_and_gradient(pipeline: Pipeline, env: Environment, params, key: jax.Array,
+                      context_ids: jax.Array | None = None):
+  """One batch's surrogate loss, its rollout and the loss's gradient (a pytree
+  like `params`): -grads is one single-batch policy-gradient estimate.
+
+  Draws `batch_size` rollouts (in groups of `group_size` per context; or of
+  the given `context_ids` `[batch_size]`, e.g. the gradient study's
+  stratified reference), scores all items once, inside `value_and_grad`;
+  sampling reads them under `stop_gradient`.
+  """
+  spec = pipeline.spec
+  key_contexts, key_rollout = jax.random.split(key)
+  if context_ids is None:
+    context_ids = sample_context_groups(env, key_contexts, spec.batch_size, spec.group_size)
+
+  def loss_and_rollout(params):
+    scores = pipeline.score_table(params, context_ids)
+    rollout = interaction.collect_rollout(
+        key_rollout, env, context_ids, scores, spec.num_candidates,
+        pipeline.lsr, pipeline.position_weights())
+    return pipeline.loss_fn(scores, rollout), rollout
+
+  (loss, rollout), grads = jax.value_and_grad(loss_and_rollout, has_aux=True)(params)
+  return loss, rollout, grads
+
+
 def train_step(
     pipeline: Pipeline, env: Environment, state: TrainState
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -43,19 +78,8 @@ def train_step(
   Returns the new state and per-step metrics: `loss`, `reward` (mean
   aggregated observed reward of the batch), `finite`.
   """
-  spec = pipeline.spec
   key = streams.stream_key(state.key, streams.TRAIN_STREAM, state.step)
-  key_contexts, key_rollout = jax.random.split(key)
-  context_ids = env.sample_contexts(key_contexts, spec.batch_size)
-
-  def loss_and_rollout(params):
-    scores = pipeline.score_table(params, context_ids)
-    rollout = interaction.collect_rollout(
-        key_rollout, env, context_ids, scores, spec.num_candidates,
-        pipeline.lsr, pipeline.position_weights())
-    return pipeline.loss_fn(scores, rollout), rollout
-
-  (loss, rollout), grads = jax.value_and_grad(loss_and_rollout, has_aux=True)(state.params)
+  loss, rollout, grads = loss_and_gradient(pipeline, env, state.params, key)
   updates, new_opt_state = pipeline.optimizer.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
 
