@@ -1,4 +1,4 @@
-"""Accuracy of the Plackett-Luce inclusion probabilities of `cpg_jax.inclusion`.
+"""Accuracy of the Plackett-Luce inclusion probabilities of `cpg_jax.numerics.inclusion`.
 
 At N = 1,000 items, K = 10 and 100, for flat (N(0, 1)) and peaked
 (N(0, 3^2)) scores of one context each, prints a Markdown table of the

@@ -177,7 +177,7 @@ def test_sharded_gradients_equal_one_device(estimator):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("estimator", ["vpg", "ca_pg"])
+@pytest.mark.parametrize("estimator", [pytest.param("vpg", marks=pytest.mark.slow), "ca_pg"])
 def test_sharded_gradients_match_float64_finite_differences(estimator):
   with jax.enable_x64(True):
     config = tiny_config(estimator=estimator, num_seeds=1, N=13, num_candidates=3,
@@ -215,6 +215,7 @@ def test_sharded_gradients_match_float64_finite_differences(estimator):
         np.testing.assert_allclose(grad[index], numeric, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["ca_pg_exact", "ca_pg_ss"])
 def test_single_model_estimators_on_a_seed_mesh(estimator):
   """ca_pg_exact / ca_pg_ss (M = 1, no item sharding) on 8 seed devices. The
@@ -229,6 +230,7 @@ def test_single_model_estimators_refuse_an_item_mesh():
     _build(tiny_config(estimator="ca_pg_exact"), (2, 4))
 
 
+@pytest.mark.slow
 def test_grouped_leave_one_out_baseline_on_an_item_mesh():
   """Group rollouts and a leave-one-out baseline inside shard_map, items sharded."""
   _assert_same_run(tiny_config(estimator="vpg", baseline="leave_one_out", group_size=4),

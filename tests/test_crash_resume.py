@@ -105,6 +105,7 @@ def _assert_matches_reference(workdir, reference):
   assert _strip_timing(got) == _strip_timing(records)
 
 
+@pytest.mark.slow
 def test_sigkill_once_then_resume(tmp_path, reference):
   _kill_and_resume(str(tmp_path), kills=1, rng=random.Random(0))
   _assert_matches_reference(str(tmp_path), reference)

@@ -16,8 +16,8 @@ import pytest
 from tests.fixtures import make_golden_runs
 
 
-# The noisy-LSR run is slow-marked: the other two cover the dense and blocked paths.
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "vpg_noisy" else n
+# The quickstart run is the default; the blocked and noisy-LSR runs are slow-marked.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("vpg_noisy", "ca_pg_blocked") else n
                                   for n in sorted(make_golden_runs.RUNS)])
 def test_run_matches_golden_bit_for_bit(name, tmp_path):
   golden_dir = make_golden_runs.DEFAULT_OUT

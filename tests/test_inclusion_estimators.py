@@ -59,6 +59,7 @@ def test_loss_is_minus_credit_times_log_inclusion(name):
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NEW)
 def test_blocked_table_gives_the_dense_loss_and_gradient(name):
   rng = np.random.default_rng(1)
@@ -105,6 +106,7 @@ def test_bad_tail_is_refused():
     config_lib.validate(tiny_config(estimator="ca_pg_exact", exact_tail="gauss"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NEW)
 def test_blocked_score_path_trains_like_dense(name):
   results = {}
@@ -133,6 +135,7 @@ def test_training_raises_the_policy_value(name, tmp_path):
   assert last > first + 0.1, (first, last)
 
 
+@pytest.mark.slow
 def test_train_py_runs_both_estimators(tmp_path):
   """The command line of the README: `--config.estimator=ca_pg_exact` (and ca_pg_ss)."""
   for name in NEW:

@@ -5,10 +5,11 @@ JAX starts, and this pytest process has started it with one device, so the
 cases run in a child pytest. The default suite runs the lean cases: every
 mesh at N = 64, which divides by the shards; every estimator on a 2 x 4 mesh
 at N = 61, which does not; the item-blocked path inside the shards; V-PG's
-and CA-PG's gradients against one device and against float64 finite
+and CA-PG's gradients against one device, CA-PG's against float64 finite
 differences. `-m slow` adds the estimators at N = 64, the multi-model and
-uniform-LSR paths, the SwR estimators' gradients, and the full product of
-estimator x N x mesh.
+uniform-LSR paths, the SwR estimators' gradients, V-PG's finite differences,
+ca_pg_exact / ca_pg_ss on a seed mesh, a grouped leave-one-out baseline on an
+item mesh, and the full product of estimator x N x mesh.
 """
 
 import os

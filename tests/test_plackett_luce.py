@@ -388,6 +388,7 @@ def test_multi_model_prefixes_match_the_slot_procedure(x64, num_models, num_cand
                                    ref_log_normaliser(scores[m, b], allowed), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_multi_model_ca_gradient_matches_float64_finite_differences(x64):
   rng = np.random.default_rng(7)
   scores = jnp.asarray(rng.normal(size=(3, 2, 9)))
