@@ -330,15 +330,8 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
 
 def _load_config(arg: str, overrides: Sequence[str]):
   """A config file `FILE[:ARG]` with `name=value` overrides (numbers parsed)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   from cpg_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
-  path, _, config_arg = arg.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_gradients_config", path)
-  if module_spec is None or not os.path.isfile(path):
-    raise StudyError(f"--config={arg}: no such config file")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(config_arg) if config_arg else module.get_config()
+  config = config_lib.load_config_file(arg, StudyError)
   values = {}
   for item in overrides:
     name, _, text = item.partition("=")

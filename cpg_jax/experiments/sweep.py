@@ -59,7 +59,6 @@ it).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import os
 import shlex
@@ -75,6 +74,7 @@ from cpg_jax.experiments import paper
 from cpg_jax.experiments import report
 from cpg_jax.experiments import runs as runs_lib
 from cpg_jax.experiments.paper import Axis
+from cpg_jax.training import config as config_lib
 from cpg_jax.user_errors import UserError
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -162,14 +162,7 @@ def config_environment(config: str, extra: Sequence[str]) -> str:
   for arg in extra:
     if arg.startswith("--config.env.name="):
       return arg.split("=", 1)[1]
-  path, _, arg = config.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_sweep_config", path)
-  if module_spec is None or not os.path.isfile(path):
-    raise SweepError(f"--config={config}: no such config file")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  built = module.get_config(arg) if arg else module.get_config()
-  return str(built.env.name)
+  return str(config_lib.load_config_file(config, SweepError).env.name)
 
 
 def parse_points(text: str, count: int) -> list[int]:

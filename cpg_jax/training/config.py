@@ -13,8 +13,10 @@ when `validate` runs), so config files and the file-reading tools load fast.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
+import os
 
 import ml_collections
 
@@ -384,6 +386,19 @@ def _validate_variance_reduction(config: ml_collections.ConfigDict) -> None:
         f"config.baseline={config.baseline!r} (standardize_rewards={standardize}) biases "
         f"config.estimator={config.estimator!r}: {reason}. Set "
         f"config.allow_biased_baseline=True to use it anyway")
+
+
+def load_config_file(arg: str, error: type[Exception] = ConfigError
+                     ) -> ml_collections.ConfigDict:
+  """The ConfigDict of a config file argument `FILE[:ARG]` (its `get_config`),
+  as `--config` reads it. Raises `error` when FILE does not exist."""
+  path, _, config_arg = arg.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_cpg_jax_config_file", path)
+  if module_spec is None or not os.path.isfile(path):
+    raise error(f"--config={arg}: no such config file")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(config_arg) if config_arg else module.get_config()
 
 
 def parse_config_arg(arg: str, defaults: dict[str, str], config_file: str) -> dict[str, str]:
