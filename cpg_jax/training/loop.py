@@ -117,8 +117,6 @@ def _open(config: ml_collections.ConfigDict, workdir: str, log) -> _Run:
   spec = spec_lib.from_config(config)
   shape = mesh_lib.resolve(spec.mesh_seeds, spec.mesh_items, jax.device_count(),
                            spec.num_seeds)
-  mesh_lib.check_supported(shape, spec.estimator, spec.scores.noise_generator,
-                           "xla" if spec.scores.fused_top_k is None else config.top_k_kernel)
   mesh = None if shape.is_single_device else mesh_lib.build(shape)
   pipeline, env = pipeline_lib.build(spec, None if mesh is None else shape.item_shards)
   if mesh is not None:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cpg_jax.numerics import estimators
 from cpg_jax.numerics.sharding import ItemShards
 from cpg_jax.training.config import ConfigError
 
@@ -99,7 +100,8 @@ def resolve(seeds: int, items: int, num_devices: int, num_seeds: int) -> MeshSha
 
 # Estimators whose loss is built from the score table's sharded operations
 # (log-sum-exp, top-k, gathers) and so run on an item-sharded mesh.
-ITEM_SHARDED_ESTIMATORS = frozenset({"vpg", "vpg_swr", "ca_pg", "ca_pg_swr"})
+ITEM_SHARDED_ESTIMATORS = frozenset(estimators.ESTIMATORS) - frozenset(
+    estimators.SINGLE_MODEL_ESTIMATORS)
 
 
 def check_supported(shape: MeshShape, estimator: str, noise_generator: str,
@@ -123,8 +125,8 @@ def check_supported(shape: MeshShape, estimator: str, noise_generator: str,
     raise ConfigError(f"config.top_k_kernel={top_k_kernel!r} runs on one device: {where}; "
                       "use top_k_kernel='xla'")
   if estimator not in ITEM_SHARDED_ESTIMATORS:
-    raise ConfigError(f"config.estimator={estimator!r} does not run with the catalogue "
-                      f"sharded: {where}; estimators that do: "
+    raise ConfigError(f"config.estimator={estimator!r} does not support an item-sharded "
+                      f"catalogue: {where}; estimators that do: "
                       f"{', '.join(sorted(ITEM_SHARDED_ESTIMATORS))}")
 
 

@@ -22,7 +22,6 @@ from cpg_jax.numerics import rollout as rollout_lib
 from cpg_jax.numerics import scores as scores_lib
 from cpg_jax.numerics.model import TwoTowerScorer
 from cpg_jax.numerics.sharding import ItemShards
-from cpg_jax.training import config as config_lib
 from cpg_jax.training import mesh as mesh_lib
 from cpg_jax.training.spec import EnvironmentSpec, OptimizerSpec, RunSpec
 
@@ -180,12 +179,12 @@ def build(spec: RunSpec, item_shards_of=None) -> tuple[Pipeline, environments.En
       tower_layers=spec.tower_layers,
   )
   item_shards = None if item_shards_of is None else item_shards_of(env.num_items)
-  if item_shards is not None and spec.estimator in estimators.SINGLE_MODEL_ESTIMATORS:
+  if item_shards is not None:
     # The automatic mesh can put devices on the item axis (config.mesh = 0).
-    raise config_lib.ConfigError(
-        f"config.estimator={spec.estimator!r} does not support an item-sharded catalogue "
-        f"(the mesh has {item_shards.count} devices on the item axis); set "
-        f"config.mesh.item_shards=1")
+    mesh_lib.check_supported(
+        mesh_lib.MeshShape(1, item_shards.count), spec.estimator,
+        spec.scores.noise_generator,
+        "xla" if spec.scores.fused_top_k is None else spec.scores.fused_top_k.implementation)
   pipeline = Pipeline(
       spec=spec,
       model=model,
