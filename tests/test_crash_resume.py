@@ -53,10 +53,15 @@ def _command(workdir):
           + [f"--config.{k}={v}" for k, v in OVERRIDES.items()])
 
 
-def _start(workdir, extra=()):
+def _start(workdir, extra=(), compilation_cache=True):
+  """train.py in a subprocess; without the session's compilation cache
+  (tests/conftest.py) when `compilation_cache` is False, so that compiling
+  takes its real time."""
+  env = {**os.environ, "PYTHONPATH": REPO}
+  if not compilation_cache:
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
   return subprocess.Popen(_command(workdir) + list(extra), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "PYTHONPATH": REPO})
+                          stderr=subprocess.STDOUT, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +181,11 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, damage):
 CRASH_MARKS = ("Traceback", "Fatal Python error", "Segmentation fault", "KeyboardInterrupt")
 
 
-def _start_and_wait_for(workdir, marker, extra=()):
+def _start_and_wait_for(workdir, marker, extra=(), compilation_cache=True):
   """Starts train.py (with the arguments `extra` added) and reads its output
   up to the first line that starts with `marker`; returns (process, the lines
   read)."""
-  process = _start(workdir, extra)
+  process = _start(workdir, extra, compilation_cache)
   lines = []
   for line in process.stdout:
     lines.append(line)
@@ -210,8 +215,9 @@ def _checkpoints(workdir):
 
 def _stop_during_compilation(workdir, rng):
   """A Ctrl-C while the programs compile: exit 130, nothing saved."""
-  # "Training ..." is printed just before the programs are compiled (seconds).
-  process, lines = _start_and_wait_for(workdir, "Training ")
+  # "Training ..." is printed just before the programs are compiled (seconds;
+  # a cached compilation could end before the interrupt comes).
+  process, lines = _start_and_wait_for(workdir, "Training ", compilation_cache=False)
   checkpoints = _checkpoints(workdir)
   code, output = _interrupt(process, lines, rng.uniform(0.0, 0.3))
   assert "Compiled in" not in output, "the interrupt came after compilation"

@@ -52,3 +52,26 @@ def test_ca_pg_exact_is_biased_at_l_below_k_and_study_reports_it(tmp_path):
   assert "CA-PG-exact" in table and table.count("\n") == 4
   gradients.plot(rows, str(tmp_path / "g.png"), "tiny")
   assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_study_starts_from_a_checkpoint_of_a_run(tmp_path):
+  """--checkpoint: the parameter point is seed 0 of the run's newest
+  checkpoint (not the initialisation), and a workdir without one is refused."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from cpg_jax.training import loop  # pylint: disable=g-import-not-at-top
+  config = tiny_config(num_seeds=2, num_steps=30, eval_every=30, log_every=30,
+                       checkpoint_every=30, eval_contexts=3, eval_batch_size=3)
+  states = loop.train_and_evaluate(config, str(tmp_path / "run"), log=lambda _: None)
+  pipeline, _ = gradients.build(gradients.point_config(config, "vpg", 2))
+  restored = gradients.init_params(pipeline, 0, checkpoint=str(tmp_path / "run"))
+  trained = jax.tree.map(lambda x: x[0], states.params)
+  initial = gradients.init_params(pipeline, 0)
+  for got, want, start in zip(jax.tree.leaves(restored), jax.tree.leaves(trained),
+                              jax.tree.leaves(initial), strict=True):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert not np.array_equal(np.asarray(got), np.asarray(start))
+  rows = gradients.run_study(config, ["vpg"], [2], draws=50, reference_draws=2, seed=0,
+                             checkpoint=str(tmp_path / "run"), log=lambda _: None)
+  assert rows[0]["reference"] == "exact (enumeration)" and np.isfinite(rows[0]["trace_cov"])
+  with pytest.raises(gradients.StudyError, match="no checkpoint"):
+    gradients.init_params(pipeline, 0, checkpoint=str(tmp_path / "empty"))

@@ -187,6 +187,14 @@ SEQ_CASES = [
 ]
 
 
+def float32_spread(cases, default):
+  """`cases` with all but `default` marked slow: the float32 variants run a
+  spread (M = 1 and M > 1, K < N and K = N, every scale) by default, the
+  float64 ones every case."""
+  return [case if case in default else pytest.param(*case, marks=pytest.mark.slow)
+          for case in cases]
+
+
 @pytest.mark.parametrize("num_models,num_items,num_candidates,scale", SEQ_CASES)
 def test_sequential_log_prob_float64(x64, num_models, num_items, num_candidates, scale):
   """float64: relative error <= 1e-5 against the brute-force product."""
@@ -202,7 +210,8 @@ def test_sequential_log_prob_float64(x64, num_models, num_items, num_candidates,
   assert err.max() <= 1e-11, f"max rel err {err.max():.3e}"
 
 
-@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", SEQ_CASES)
+@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", float32_spread(
+    SEQ_CASES, [(1, 8, 3, 1.0), (2, 7, 7, 50.0), (2, 9, 9, 1e3), (1, 10, 4, 50.0)]))
 def test_sequential_log_prob_float32(num_models, num_items, num_candidates, scale):
   """float32 result vs the float64 brute force: relative error <= 1e-3, finite grads."""
   scores, lists = random_problem(2, num_models, 12, num_items, num_candidates, scale)
@@ -315,7 +324,8 @@ def test_ca_closed_form_matches_direct_formula(x64, num_models, num_items,
   assert np.all(got <= 0.0)
 
 
-@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", CA_CASES)
+@pytest.mark.parametrize("num_models,num_items,num_candidates,scale", float32_spread(
+    CA_CASES, [(1, 8, 4, 1.0), (2, 8, 8, 1.0), (3, 9, 7, 1.0), (1, 9, 4, 20.0), (2, 9, 5, 20.0)]))
 def test_ca_closed_form_float32(num_models, num_items, num_candidates, scale):
   """float32 closed form vs the float64 formula, and finite gradients."""
   scores, items = ca_problem(5, num_models, num_items, num_candidates, scale)
@@ -562,8 +572,10 @@ def test_top1_log_prob_rejects_unknown_combine():
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_models", [1, 2])
-@pytest.mark.parametrize("num_candidates", [3, 8])
+# Default: one model with K = N, two with K < N; -m slow the other two.
+@pytest.mark.parametrize("num_models, num_candidates", [
+    (1, 8), (2, 3), pytest.param(1, 3, marks=pytest.mark.slow),
+    pytest.param(2, 8, marks=pytest.mark.slow)])
 def test_all_log_probs_finite_with_extreme_scores(num_models, num_candidates):
   """Values and gradients of every PL quantity stay finite (float32), with
   scores of magnitude 1, 50 and 1e3 (random signs), K < N and K = N."""

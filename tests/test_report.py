@@ -101,6 +101,11 @@ def test_facets_group_runs_and_order_rows(tmp_path):
   assert runs_lib.curve_labels(loaded, ("num_candidates",)) == ["CA-PG", "V-PG"] * 3
   # Without faceting, K tells the curves apart.
   assert runs_lib.curve_labels(loaded)[0] == "CA-PG, K=20"
+  # A baseline is named even when only one estimator uses it.
+  with_baseline = [write_run(tmp_path, "vpg_loo", [[1.0], [2.0]], estimator="vpg",
+                             num_candidates=5, learning_rate=0.1, baseline="leave_one_out")]
+  mixed = loaded + [report.load_run(r) for r in with_baseline]
+  assert runs_lib.curve_labels(mixed, ("num_candidates",))[-1] == "V-PG, baseline=leave_one_out"
   rows = report.summary_rows(loaded, ("num_candidates",))
   assert [(r["columns"]["K"], r["columns"]["estimator"]) for r in rows] == [
       ("5", "V-PG"), ("5", "CA-PG"), ("10", "V-PG"), ("10", "CA-PG"),

@@ -62,8 +62,11 @@ def test_blocked_logsumexp_extreme_scores_finite():
   np.testing.assert_allclose(table.logsumexp(), table.dense().logsumexp(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("block_size", [3, 8, 40])
-@pytest.mark.parametrize("num_models, num_candidates", [(1, 1), (1, 6), (2, 5), (3, 7)])
+# Default: every shape with many small blocks (3), one with few (8); -m slow
+# adds the other block sizes, 40 a single block larger than the catalogue.
+@pytest.mark.parametrize("block_size, num_models, num_candidates", [
+    pytest.param(b, m, k, marks=() if b == 3 or (b, m) == (8, 2) else pytest.mark.slow)
+    for b in (3, 8, 40) for m, k in ((1, 1), (1, 6), (2, 5), (3, 7))])
 def test_blocked_sampling_equals_dense(block_size, num_models, num_candidates):
   """Same key, same candidates: the hashed noise does not depend on blocks."""
   contexts, items = _factors(num_models, 16, 37)
@@ -77,10 +80,20 @@ def test_blocked_sampling_equals_dense(block_size, num_models, num_candidates):
                                 sampling.top_candidates(dense, num_candidates))
 
 
-# ca_pg_exact and ca_pg_ss refuse M > 1 by design (tests/test_inclusion_estimators.py).
-@pytest.mark.parametrize("name, num_models, num_outputs", [
-    (name, m, l) for name in estimators.ESTIMATORS for m, l in ((1, 1), (1, 3), (2, 2))
-    if m == 1 or name not in estimators.SINGLE_MODEL_ESTIMATORS])
+def _blocked_estimator_cases():
+  """Every estimator at (M, L) in (1, 1), (1, 3), (2, 2); ca_pg_exact and
+  ca_pg_ss refuse M > 1 by design (tests/test_inclusion_estimators.py). The
+  default suite runs each estimator at its largest shape, -m slow the rest."""
+  cases = []
+  for name in estimators.ESTIMATORS:
+    shapes = [(1, 1), (1, 3)] + ([] if name in estimators.SINGLE_MODEL_ESTIMATORS else [(2, 2)])
+    for m, l in shapes:
+      marks = () if (m, l) == shapes[-1] else pytest.mark.slow
+      cases.append(pytest.param(name, m, l, marks=marks))
+  return cases
+
+
+@pytest.mark.parametrize("name, num_models, num_outputs", _blocked_estimator_cases())
 def test_estimators_blocked_equal_dense(name, num_models, num_outputs):
   num_candidates, batch, num_items = 6, 8, 29
   contexts, items = _factors(num_models, batch, num_items)

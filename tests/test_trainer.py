@@ -267,7 +267,10 @@ def test_rerunning_a_finished_run_is_accepted(tmp_path):
   assert any("Resumed" in m and "step 10" in m for m in messages)
 
 
-@pytest.mark.parametrize("optimizer", config_lib.OPTIMIZER_NAMES)
+# Default: Adagrad (the paper's) and Adam; -m slow every other optimizer.
+@pytest.mark.parametrize("optimizer", [
+    name if name in ("adagrad", "adam") else pytest.param(name, marks=pytest.mark.slow)
+    for name in config_lib.OPTIMIZER_NAMES])
 def test_every_optimizer_with_clip_and_schedule_trains(optimizer):
   config = tiny_config(optimizer=optimizer, grad_clip_norm=1.0, lr_schedule="warmup_cosine",
                        warmup_steps=2, num_seeds=1, num_steps=6)

@@ -37,6 +37,9 @@ NOT_IN_LABELS = frozenset({
     "num_steps", "eval_every", "eval_contexts", "eval_batch_size", "log_every",
     "checkpoint_every", "keep_checkpoints", "num_seeds", "seed", "score_path",
     "item_block_size", "dense_budget_mb", "top_k_kernel", "tensorboard"})
+# Fields a sweep sets from the estimator (experiments/paper.py's learning-rate
+# rule): left out of a label when they follow from the estimator.
+FOLLOWS_THE_ESTIMATOR = frozenset({"learning_rate"})
 # A label longer than this names the workdir instead.
 MAX_LABEL_CHARS = 40
 # Short names of config fields, for facet arguments, panel titles and columns.
@@ -145,8 +148,10 @@ def determined_by_estimator(runs: Sequence[dict[str, Any]], field: str) -> bool:
 def curve_labels(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()) -> list[str]:
   """One legend label per run: the estimator, then what else tells runs apart.
 
-  Left out: fields in `facet` (the panel title names them), fields that
-  follow from the estimator (the paper learning rate) and fields that say
+  Left out: fields in `facet` (the panel title names them), the learning
+  rate where it follows from the estimator (the paper's rule; any other
+  field, a baseline for example, is named even when only one estimator
+  uses it) and fields that say
   how a run was executed rather than what it trains (`NOT_IN_LABELS`, e.g.
   eval_contexts, checkpoint_every). A label that would still be longer than
   `MAX_LABEL_CHARS` is the estimator and the workdir's name instead.
@@ -154,7 +159,8 @@ def curve_labels(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()) -> l
   estimator_varies = "estimator" in varying_fields(runs)
   differing = [f for f in varying_fields(runs, exclude=("estimator", *facet))
                if f not in NOT_IN_LABELS
-               and not (estimator_varies and determined_by_estimator(runs, f))]
+               and not (f in FOLLOWS_THE_ESTIMATOR and estimator_varies
+                        and determined_by_estimator(runs, f))]
   labels = []
   for run in runs:
     estimator = estimator_name(str(run["config"].get("estimator", "?")))
