@@ -1,6 +1,7 @@
 """Baselines and group rollouts: the transforms, the config rules, and the
 (un)biasedness claims checked by exact enumeration on a tiny system."""
 
+import functools
 import itertools
 
 import jax
@@ -60,16 +61,24 @@ def expected_estimate(loss, rows: int, outputs_of=best_output, reward_shift=0.0)
     weight_scale = 1.0
   rewards = REWARD[outputs] - reward_shift  # [n, rows, 1]
   s = jnp.asarray(SCORES)
+  grads = _estimates(loss, s, jnp.asarray(candidates, jnp.int32),
+                     jnp.asarray(outputs, jnp.int32), jnp.asarray(rewards))
+  weights = jnp.prod(list_probs(s)[combos], axis=1) * weight_scale
+  return np.asarray(jnp.einsum("n,nd->d", weights, grads))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _estimates(loss, s, candidates, outputs, rewards):
+  """-grad loss of each enumerated draw `[n, N]` (compiled once per loss and
+  shape: a shifted reward reuses the program)."""
+  rows = candidates.shape[1]
 
   def estimate(c, o, r):
     rollout = Rollout(candidates=c, outputs=o, rewards=r, position_weights=jnp.ones(1))
     return -jax.grad(lambda t: loss(DenseScores(jnp.broadcast_to(t, (1, rows, N))),
                                     rollout))(s)
 
-  grads = jax.vmap(estimate)(jnp.asarray(candidates, jnp.int32),
-                             jnp.asarray(outputs, jnp.int32), jnp.asarray(rewards))
-  weights = jnp.prod(list_probs(s)[combos], axis=1) * weight_scale
-  return np.asarray(jnp.einsum("n,nd->d", weights, grads))
+  return jax.vmap(estimate)(candidates, outputs, rewards)
 
 
 def true_gradient(outputs_of=best_output):

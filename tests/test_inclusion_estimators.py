@@ -53,9 +53,10 @@ def test_loss_is_minus_credit_times_log_inclusion(name):
   rollout = _rollout(rng, 4, 30, 6, 2)
   fn = (inclusion.exact_inclusion_log_prob if name == "ca_pg_exact" else
         successive_sampling.successive_sampling_log_prob)
-  log_p = fn(scores[0], rollout.outputs, 6)
+  # Compiled, not run op by op: the quadrature is hundreds of small operations.
+  log_p = jax.jit(fn, static_argnums=2)(scores[0], rollout.outputs, 6)
   want = -jnp.mean(jnp.sum(log_p * rollout.rewards * rollout.position_weights, axis=-1))
-  got = estimators.get_estimator(name)(DenseScores(scores), rollout)
+  got = jax.jit(estimators.get_estimator(name))(DenseScores(scores), rollout)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
 
 
