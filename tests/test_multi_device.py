@@ -2,14 +2,15 @@
 
 `XLA_FLAGS=--xla_force_host_platform_device_count=8` only takes effect before
 JAX starts, and this pytest process has started it with one device, so the
-cases run in a child pytest. The default suite runs the lean cases: every
-mesh at N = 64, which divides by the shards; every estimator on a 2 x 4 mesh
-at N = 61, which does not; the item-blocked path inside the shards; V-PG's
-and CA-PG's gradients against one device, CA-PG's against float64 finite
-differences. `-m slow` adds the estimators at N = 64, the multi-model and
-uniform-LSR paths, the SwR estimators' gradients, V-PG's finite differences,
-ca_pg_exact / ca_pg_ss on a seed mesh, a grouped leave-one-out baseline on an
-item mesh, and the full product of estimator x N x mesh.
+cases run in a child pytest. The default suite runs the lean cases: the
+2 x 4 and 1 x 8 meshes at N = 64, which divides by the shards; every
+estimator on a 2 x 4 mesh at N = 61, which does not; the item-blocked path
+inside the shards; V-PG's and CA-PG's gradients against one device, CA-PG's
+against float64 finite differences. `-m slow` adds the 4 x 2 mesh, the
+estimators at N = 64, the multi-model and uniform-LSR paths, the SwR
+estimators' gradients, V-PG's finite differences, ca_pg_exact / ca_pg_ss on
+a seed mesh, a grouped leave-one-out baseline on an item mesh, and the full
+product of estimator x N x mesh.
 """
 
 import os

@@ -83,12 +83,15 @@ def test_blocked_sampling_equals_dense(block_size, num_models, num_candidates):
 def _blocked_estimator_cases():
   """Every estimator at (M, L) in (1, 1), (1, 3), (2, 2); ca_pg_exact and
   ca_pg_ss refuse M > 1 by design (tests/test_inclusion_estimators.py). The
-  default suite runs each estimator at its largest shape, -m slow the rest."""
+  default suite runs each estimator at its largest shape, -m slow the rest;
+  ca_pg_exact's blocked quadrature is checked by default in
+  tests/test_inclusion.py (test_blocked_equals_dense), its cases here are slow."""
   cases = []
   for name in estimators.ESTIMATORS:
     shapes = [(1, 1), (1, 3)] + ([] if name in estimators.SINGLE_MODEL_ESTIMATORS else [(2, 2)])
     for m, l in shapes:
-      marks = () if (m, l) == shapes[-1] else pytest.mark.slow
+      default = (m, l) == shapes[-1] and name != "ca_pg_exact"
+      marks = () if default else pytest.mark.slow
       cases.append(pytest.param(name, m, l, marks=marks))
   return cases
 
