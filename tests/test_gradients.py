@@ -13,8 +13,9 @@ def tiny_config(**overrides):
       "embedding_dim": 3, "num_seeds": 1, **overrides})
 
 
-@pytest.mark.parametrize("estimator, lsr", [("vpg", "optimal"), ("ca_pg_exact", "optimal"),
-                                            ("ca_pg_ss", "uniform")])
+@pytest.mark.parametrize("estimator, lsr", [
+    ("vpg", "optimal"), pytest.param("ca_pg_exact", "optimal", marks=pytest.mark.slow),
+    ("ca_pg_ss", "uniform")])
 def test_sampled_variance_matches_exact_enumeration(estimator, lsr):
   """tr Cov of 4,000 sampled batch estimates within 8% of the exact value
   (a sample variance's relative standard error here is ~2-3%); the sampled

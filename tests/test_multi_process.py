@@ -138,6 +138,7 @@ def test_checkpoint_of_four_devices_restores_on_one_device_and_two_processes(
     _assert_close_records(records[:-1], _records(four_devices))
 
 
+@pytest.mark.slow  # About 40 s, most of it the coordinator's handshake.
 def test_process_count_mismatch_is_refused(tmp_path):
   port = _free_port()
   coordinator = subprocess.Popen(
