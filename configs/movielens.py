@@ -20,10 +20,11 @@ for the CA family (cpg_jax/experiments/paper.py, `default_learning_rate`): at
 0.01 for all (the paper's KuaiRec choice) V-PG and V-PG-SwR barely move in
 3,000 steps. Protocol: 3 seeds, 100,000 steps, evaluation every 1,000 steps on
 10,000 users drawn uniformly, Adagrad. The K sweep, one resumable workdir per
-point (the sweep passes each estimator's learning rate):
+point (the sweep passes each estimator's learning rate; K outermost, so that
+the K = 20 panel is complete first):
 
   python -m cpg_jax.experiments.sweep --config=configs/movielens.py --root=runs/movielens \
-      --grid=estimator=vpg,vpg_swr,ca_pg,ca_pg_swr --grid=num_candidates=20,50,100
+      --grid=num_candidates=20,50,100 --grid=estimator=vpg,vpg_swr,ca_pg,ca_pg_swr
 
 Expected runtime, measured on the 2-core development CPU (one core per run,
 taskset -c 0, while other runs kept the load at 5-9; 3 seeds vmapped, 3,000

@@ -149,11 +149,10 @@ def curve_labels(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()) -> l
   """One legend label per run: the estimator, then what else tells runs apart.
 
   Left out: fields in `facet` (the panel title names them), the learning
-  rate where it follows from the estimator (the paper's rule; any other
-  field, a baseline for example, is named even when only one estimator
-  uses it) and fields that say
-  how a run was executed rather than what it trains (`NOT_IN_LABELS`, e.g.
-  eval_contexts, checkpoint_every). A label that would still be longer than
+  rate where it follows from the estimator (`FOLLOWS_THE_ESTIMATOR`; any
+  other field, a baseline for example, is named even when only one
+  estimator uses it) and fields that say how a run was executed rather than
+  what it trains (`NOT_IN_LABELS`, e.g. eval_contexts, checkpoint_every). A label that would still be longer than
   `MAX_LABEL_CHARS` is the estimator and the workdir's name instead.
   """
   estimator_varies = "estimator" in varying_fields(runs)
