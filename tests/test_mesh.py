@@ -49,9 +49,9 @@ def test_resolve_refuses_with_what_would_fit(seeds, items, devices, num_seeds, p
 ])
 def test_item_sharding_refuses_what_it_cannot_run(estimator, noise, kernel, phrase):
   with pytest.raises(ConfigError, match=phrase):
-    mesh_lib.check_supported(mesh_lib.MeshShape(1, 4), estimator, noise, kernel)
+    mesh_lib.check_supported(4, estimator, noise, kernel)
   # The same choices are fine when the catalogue is not sharded.
-  mesh_lib.check_supported(mesh_lib.MeshShape(4, 1), estimator, noise, kernel)
+  mesh_lib.check_supported(1, estimator, noise, kernel)
 
 
 def _train(*args):

@@ -14,6 +14,7 @@ No JAX here: the timing runs are subprocesses.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from typing import Sequence
@@ -39,7 +40,6 @@ def _num_steps(command: Sequence[str], workdir: str) -> int | None:
   for arg in command:
     if arg.startswith("--config.num_steps="):
       return int(arg.split("=", 1)[1].replace("_", ""))
-  import json  # pylint: disable=g-import-not-at-top
   try:
     with open(os.path.join(workdir, metrics_log.CONFIG_FILE)) as f:
       return int(json.load(f)["num_steps"])

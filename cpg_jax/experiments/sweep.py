@@ -63,7 +63,6 @@ import itertools
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from typing import Callable, Sequence
@@ -75,6 +74,7 @@ from cpg_jax.experiments import report
 from cpg_jax.experiments import runs as runs_lib
 from cpg_jax.experiments.paper import Axis
 from cpg_jax.training import config as config_lib
+from cpg_jax.training import interrupts
 from cpg_jax.user_errors import UserError
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -347,22 +347,12 @@ def _run_point(command: Sequence[str]) -> tuple[int, bool]:
   process = subprocess.Popen(command, start_new_session=True)
   received = []
 
-  def forward(signum, frame):
-    del frame
+  def forward(signum):
     received.append(signum)
     process.send_signal(signum)
 
-  previous = {}
-  try:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-      previous[signum] = signal.signal(signum, forward)
-  except ValueError:  # Not the main thread: no forwarding.
-    pass
-  try:
+  with interrupts.handling(forward):  # Outside the main thread: no forwarding.
     returncode = process.wait()
-  finally:
-    for signum, handler in previous.items():
-      signal.signal(signum, handler)
   return returncode, bool(received)
 
 

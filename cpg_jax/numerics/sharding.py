@@ -40,7 +40,7 @@ def varying_like(tree, like: jax.Array):
   if not axes:
     return tree
 
-  def one(x):
+  def one(x):  # Only the axes x does not vary over yet (pcast refuses the others).
     missing = tuple(sorted(axes - set(jax.typeof(x).mat.varying)))
     return lax.pcast(x, missing, to="varying") if missing else x
 

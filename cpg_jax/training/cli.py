@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import sys
+import textwrap
 from typing import Any, Sequence
 
 import ml_collections
@@ -149,8 +152,6 @@ def format_config(config: ml_collections.ConfigDict, source: str) -> str:
 
 def print_to_pipe(text: str) -> None:
   """Prints `text`; a reader that stops early (`| head`) is not an error."""
-  import os  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   try:
     print(text, flush=True)
   except BrokenPipeError:
@@ -169,7 +170,6 @@ def fields_help(width: int = 78) -> str:
 
 
 def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
-  import textwrap  # pylint: disable=g-import-not-at-top
   return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest,
                        break_on_hyphens=False, break_long_words=False)
 

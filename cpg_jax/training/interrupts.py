@@ -187,6 +187,24 @@ def note_restored(step: int | None) -> None:
 
 
 @contextlib.contextmanager
+def handling(handler: Callable[[int], None]) -> Iterator[None]:
+  """SIGINT and SIGTERM call `handler(signum)` for the duration, then the
+  previous handlers are back. Outside the main thread Python cannot set
+  handlers: nothing is installed there."""
+  previous = {}
+  try:
+    for signum in _SIGNAL_NAMES:
+      previous[signum] = signal.signal(signum, lambda signum, frame: handler(signum))
+  except ValueError:  # Not the main thread.
+    pass
+  try:
+    yield
+  finally:
+    for signum, old in previous.items():
+      signal.signal(signum, old)
+
+
+@contextlib.contextmanager
 def during_training(log: Callable[[str], None], last_saved: int | None
                     ) -> Iterator[Interrupts]:
   """The training phase: interrupts ask to stop after the chunk.
@@ -206,18 +224,8 @@ def during_training(log: Callable[[str], None], last_saved: int | None
   state = Interrupts("call train_and_evaluate again with the same workdir", out=log,
                      hard_exit=False)
   state.last_saved, state.phase = last_saved, TRAINING
-  handler = lambda signum, frame: state.handle(signum)
-  previous = {}
-  try:
-    for signum in _SIGNAL_NAMES:
-      previous[signum] = signal.signal(signum, handler)
-  except ValueError:  # Not the main thread.
-    pass
-  try:
+  with handling(state.handle):
     yield state
-  finally:
-    for signum, old in previous.items():
-      signal.signal(signum, old)
 
 
 def stopped_message(state: Interrupts, step: int) -> str:

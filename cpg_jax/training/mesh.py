@@ -104,19 +104,20 @@ ITEM_SHARDED_ESTIMATORS = frozenset(estimators.ESTIMATORS) - frozenset(
     estimators.SINGLE_MODEL_ESTIMATORS)
 
 
-def check_supported(shape: MeshShape, estimator: str, noise_generator: str,
+def check_supported(item_shards: int, estimator: str, noise_generator: str,
                     top_k_kernel: str) -> None:
   """Refuses, before compiling, what an item-sharded mesh does not run.
 
   Raises:
-    ConfigError: with `shape.items > 1`, Threefry noise (its draws depend on
-      the shape of the whole matrix, not on the item id), the fused Pallas
-      top-k (it scans the whole catalogue in one kernel), or an estimator
-      outside ITEM_SHARDED_ESTIMATORS.
+    ConfigError: with more than one device on the item axis
+      (`item_shards`), Threefry noise (its draws depend on the shape of the
+      whole matrix, not on the item id), the fused Pallas top-k (it scans
+      the whole catalogue in one kernel), or an estimator outside
+      ITEM_SHARDED_ESTIMATORS.
   """
-  if shape.items == 1:
+  if item_shards == 1:
     return
-  where = (f"the item axis of the mesh has {shape.items} devices "
+  where = (f"the item axis of the mesh has {item_shards} devices "
            "(config.mesh.item_shards; set it to 1 to keep the catalogue on each device)")
   if noise_generator != "hash":
     raise ConfigError(f"config.noise_generator={noise_generator!r} cannot be sharded: "

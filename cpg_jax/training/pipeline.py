@@ -182,8 +182,7 @@ def build(spec: RunSpec, item_shards_of=None) -> tuple[Pipeline, environments.En
   if item_shards is not None:
     # The automatic mesh can put devices on the item axis (config.mesh = 0).
     mesh_lib.check_supported(
-        mesh_lib.MeshShape(1, item_shards.count), spec.estimator,
-        spec.scores.noise_generator,
+        item_shards.count, spec.estimator, spec.scores.noise_generator,
         "xla" if spec.scores.fused_top_k is None else spec.scores.fused_top_k.implementation)
   pipeline = Pipeline(
       spec=spec,
