@@ -24,7 +24,9 @@ CASES = pathlib.Path(__file__).with_name("multi_device_cases.py")
 
 
 def _run_cases(marker):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  # Keeps the flags the suite set (tests/conftest.py) beside the device count.
+  flags = os.environ.get("XLA_FLAGS", "")
+  env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   result = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,

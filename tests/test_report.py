@@ -78,6 +78,28 @@ def test_table_numbers(tmp_path):
     assert text in header
 
 
+def test_up_to_step_reads_a_longer_run_as_if_it_stopped_there(tmp_path):
+  values = [[3, 3], [8, 8], [9.6, 9.6], [1, 1]]  # steps 0..3000; seed 1 diverges at 3000
+  run = write_run(tmp_path, "a", values, diverged=[None, 3000])
+  (row,) = report.summary_rows([report.load_run(run, up_to_step=2500)])
+  assert row["steps"] == 2000 and row["final_mean"] == pytest.approx(9.6)
+  assert row["steps_to_95"] == 2000 and row["diverged"] == []
+  (full,) = report.summary_rows([report.load_run(run)])
+  assert full["final_mean"] == pytest.approx(1.0) and full["diverged"] == [(1, 3000)]
+  with pytest.raises(report.ReportError, match="no evaluation at or before step -1"):
+    report.load_run(run, up_to_step=-1)
+
+
+def test_a_field_older_runs_lack_reads_as_its_default(tmp_path):
+  old = write_run(tmp_path, "old", [[1.0]], estimator="vpg")  # written before `baseline`
+  new = write_run(tmp_path, "new", [[1.0]], estimator="vpg", baseline="none")
+  loo = write_run(tmp_path, "loo", [[1.0]], estimator="vpg", baseline="leave_one_out")
+  runs = [report.load_run(w) for w in (old, new, loo)]
+  assert runs[0]["config"]["baseline"] == "none"
+  assert runs_lib.varying_fields(runs[:2]) == []
+  assert runs_lib.varying_fields(runs) == ["baseline"]
+
+
 def test_not_reached_and_no_divergence(tmp_path):
   run = write_run(tmp_path, "a", [[1, 2], [9.0, 9.9]])  # mean 9.45 < 9.5
   (row,) = report.summary_rows([report.load_run(run)])
@@ -182,6 +204,9 @@ def test_cli_facet_and_markdown(tmp_path):
   assert (tmp_path / "c.png").stat().st_size > 10_000
   assert "| LSR |" in (tmp_path / "c.md").read_text()
   assert "Learning curves:" in result.stdout
+  result = _cli(*runs, "--out", str(tmp_path / "d.png"), "--up_to_step", "0")
+  assert result.returncode == 0, result.stderr
+  assert "1.0000" in result.stdout and "9.6000" not in result.stdout
 
 
 @pytest.mark.parametrize("case", ["no_config", "empty_metrics", "missing_dir", "bad_facet"])

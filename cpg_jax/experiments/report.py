@@ -2,6 +2,7 @@
 
   python -m cpg_jax.experiments.report DIR [DIR ...] [--out curves.png]
       [--title TEXT] [--markdown table.md] [--facet FIELD[,FIELD]]
+      [--up_to_step STEP]
 
 Each DIR is a workdir of `train.py` (config.json + metrics.jsonl).
 
@@ -20,7 +21,9 @@ the optimum and the fraction of it reached; two headline measures of speed,
 the first evaluated step at which the mean curve over seeds reached 95% of
 the optimum and the first at which it reached 95% of the best final value
 in its panel (the reference line of the paper's figures); and the diverged
-seeds. Bad inputs (a directory without config.json, no evaluation records,
+seeds. `--up_to_step STEP` reads every run only up to STEP (its "final" value
+is then the last evaluation at or before STEP), so that a longer run can be
+set beside shorter ones at the same step. Bad inputs (a directory without config.json, no evaluation records,
 an unknown facet field) raise `ReportError`; the command prints it as one
 paragraph and exits with 2 (`cpg_jax.user_errors`). Nothing here imports JAX.
 """
@@ -163,19 +166,20 @@ def markdown_document(rows: Sequence[dict[str, Any]], title: str | None = None,
 def write_report(workdirs: Sequence[str], out: str | None = None,
                  title: str | None = None, markdown: str | None = None,
                  stream=sys.stdout, facet: Sequence[str] = (),
-                 notes: Sequence[str] = ()) -> str:
+                 notes: Sequence[str] = (), up_to_step: int | None = None) -> str:
   """Plots `workdirs` to `out` (default `<first workdir>/curves.png`), prints
   the table, and optionally writes it (with `title`, `notes` and the
-  definitions) as Markdown. Returns the PNG path.
+  definitions) as Markdown. Returns the PNG path. `up_to_step`: see
+  `runs.load_run`.
 
   Raises:
     ReportError: no workdirs, a workdir without config.json or evaluation
-      records, or an unknown facet field.
+      records (up to `up_to_step`), or an unknown facet field.
   """
   if not workdirs:
     raise ReportError("no run directories to report on")
   facet = parse_facet(facet)
-  runs = [load_run(w) for w in workdirs]
+  runs = [load_run(w, up_to_step) for w in workdirs]
   rows = summary_rows(runs, facet)  # Checks the facet fields before plotting.
   out = out or os.path.join(workdirs[0], "curves.png")
   plots.plot(runs, out, title, facet)
@@ -196,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--facet", default=None,
                       help="FIELD[,FIELD]: one panel per value (K, L, M, LSR or any "
                            "config field, e.g. num_candidates or env.name)")
+  parser.add_argument("--up_to_step", type=int, default=None,
+                      help="read every run only up to this step (compare runs of "
+                           "different lengths at one step)")
   args = parser.parse_args(argv)
   # `ROOT/*` also matches a sweep's curves.png and results.md: skip plain files.
   workdirs = [w for w in args.workdirs if not os.path.isfile(w)]
@@ -203,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"note: skipping {skipped}: a file, not a run directory", file=sys.stderr)
   try:
     png = write_report(workdirs, args.out, args.title, args.markdown,
-                       facet=parse_facet(args.facet))
+                       facet=parse_facet(args.facet), up_to_step=args.up_to_step)
   except UserError as e:
     print(user_errors.format_error(e), file=sys.stderr)
     return user_errors.EXIT_USER_ERROR

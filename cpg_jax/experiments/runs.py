@@ -54,17 +54,25 @@ class ReportError(UserError, ValueError):
   """A workdir cannot be reported on, or a report argument is wrong."""
 
 
-def load_run(workdir: str) -> dict[str, Any]:
-  """config.json and metrics.jsonl of a workdir, with arrays per field."""
+def load_run(workdir: str, up_to_step: int | None = None) -> dict[str, Any]:
+  """config.json and metrics.jsonl of a workdir, with arrays per field.
+
+  `up_to_step`: only the evaluations at steps <= it, as if the run had stopped
+  there (runs of different lengths compared at one step).
+  """
   config_path = os.path.join(workdir, metrics_log.CONFIG_FILE)
   if not os.path.exists(config_path):
     raise ReportError(f"{workdir}: no {metrics_log.CONFIG_FILE}; is it a train.py workdir?")
   with open(config_path) as f:
-    config = json.load(f)
+    config = _with_defaults(json.load(f))
   records = metrics_log.read_records(workdir)
   if not records:
     raise ReportError(f"{workdir}: {metrics_log.METRICS_FILE} has no evaluation records yet "
                       "(the run has not reached its first evaluation)")
+  if up_to_step is not None:
+    records = [r for r in records if r.step <= up_to_step]
+    if not records:
+      raise ReportError(f"{workdir}: no evaluation at or before step {up_to_step}")
   last = records[-1]
   return {"workdir": workdir, "config": config,
           "steps": np.array([r.step for r in records]),
@@ -74,6 +82,26 @@ def load_run(workdir: str) -> dict[str, Any]:
           # when the LSR is not optimal (e.g. uniform or anti, experiment b).
           "best_with_lsr": last.optimal_esr_value,
           "diverged": list(last.diverged)}
+
+
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+  """`config` with the fields it lacks set to today's defaults.
+
+  A workdir written before a field existed ran with the behaviour that the
+  field's default keeps (new fields default to the old behaviour), so an
+  older run compares with a newer one on the fields that really differ.
+  """
+  filled = json.loads(json.dumps(config))
+  for field, value in config_lib.flatten_config(config_lib.default_config()).items():
+    node = filled
+    *parents, leaf = field.split(".")
+    for part in parents:
+      node = node.setdefault(part, {})
+      if not isinstance(node, dict):
+        break
+    else:
+      node.setdefault(leaf, list(value) if isinstance(value, tuple) else value)
+  return filled
 
 
 def has_results(workdir: str) -> bool:
