@@ -23,9 +23,10 @@ the optimum and the first at which it reached 95% of the best final value
 in its panel (the reference line of the paper's figures); and the diverged
 seeds. `--up_to_step STEP` reads every run only up to STEP (its "final" value
 is then the last evaluation at or before STEP), so that a longer run can be
-set beside shorter ones at the same step. Bad inputs (a directory without config.json, no evaluation records,
-an unknown facet field) raise `ReportError`; the command prints it as one
-paragraph and exits with 2 (`cpg_jax.user_errors`). Nothing here imports JAX.
+set beside shorter ones at the same step. Bad inputs (a directory without
+config.json, no evaluation records, an unknown facet field) raise
+`ReportError`; the command prints it as one paragraph and exits with 2
+(`cpg_jax.user_errors`). Nothing here imports JAX.
 """
 
 from __future__ import annotations
