@@ -147,10 +147,6 @@ def _small(**overrides):
       "keep_checkpoints": 3, **overrides})
 
 
-# Orbax's failed read of the truncated file can leave a read coroutine that
-# raises when garbage-collected, whenever that happens (pytest reports it as
-# unraisable in whichever test is running); the fallback is what is tested.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", ["truncate", pytest.param("flip_bytes", marks=pytest.mark.slow)])
 def test_damaged_latest_checkpoint_falls_back(tmp_path, damage):
   quiet = lambda _: None
