@@ -43,7 +43,7 @@ take about 20-35 minutes at K = 20, 30-60 at K = 50 and 45-110 at K = 100
 ca_pg_swr at K = 50, both cores, load average about 9) measured 38 minutes:
 start-up 9 s, compiling 13 s, 20.5 ms per step, 101 evaluations of 2.0 s; the
 sweep's --dry_run adds such estimates up over its points.
-Results of the sweep so far: docs/results.md, "MovieLens-100K".
+Results of the sweep: docs/results.md, "MovieLens-100K".
 Expected result (L = 1, optimal LSR; the optimum, printed at the start, is
 4.631 at every K): the value at step 0 is 4.12 / 4.28 / 4.38 for K = 20 / 50 /
 100 (the best of K random movies); after 3,000 steps CA-PG and CA-PG-SwR
