@@ -209,6 +209,39 @@ def test_cli_facet_and_markdown(tmp_path):
   assert "1.0000" in result.stdout and "9.6000" not in result.stdout
 
 
+def test_curve_gaps_compare_mean_curves_at_common_steps(tmp_path):
+  # Panel K = 10: ca_pg mean curve 1, 5, 9 at steps 0, 1000, 2000; ca_pg_swr
+  # 2, 2, 8, 7 at 0..3000: gaps -1, +3, +1 at the common steps, the largest at
+  # 1000, the last (step 2000) +1 with stds 1 (ca_pg) and 2 (ca_pg_swr).
+  ca = write_run(tmp_path, "ca", [[1, 1], [4, 6], [8, 10]], estimator="ca_pg")
+  swr = write_run(tmp_path, "swr", [[2, 2], [2, 2], [6, 10], [7, 7]])
+  # Panel K = 20 (one pair, steps 0 and 2000 only in common).
+  a = write_run(tmp_path, "a20", [[3.0], [4.0]], steps=[0, 2000], num_candidates=20,
+                estimator="vpg")
+  b = write_run(tmp_path, "b20", [[3.5], [3.0], [3.0]], num_candidates=20, estimator="ca_pg")
+  runs = [report.load_run(w) for w in (swr, ca, b, a)]
+  gaps = report.curve_gaps(runs, "K")
+  assert [(g["panel"], g["a"], g["b"]) for g in gaps] == [
+      ("K = 10", "CA-PG", "CA-PG-SwR"), ("K = 20", "V-PG", "CA-PG")]
+  first, second = gaps
+  assert first["evaluations"] == 3 and first["largest"] == pytest.approx(3.0)
+  assert first["largest_step"] == 1000 and first["last_step"] == 2000
+  assert first["last"] == pytest.approx(1.0) and first["std_at_last"] == pytest.approx(2.0)
+  assert second["evaluations"] == 2 and second["largest"] == pytest.approx(1.0)
+  assert (second["largest_step"], second["last"]) == (2000, pytest.approx(1.0))
+  assert second["std_at_last"] == 0.0
+  table = report.gaps_table(gaps)
+  assert "| K = 10 | CA-PG | CA-PG-SwR | 3 | 3.0000 | 1,000 | +1.0000 | 2,000 | 2.0000 |" in table
+  result = _cli(ca, swr, "--gaps", "--out", str(tmp_path / "g.png"),
+                "--markdown", str(tmp_path / "g.md"))
+  assert result.returncode == 0, result.stderr
+  assert "| CA-PG | CA-PG-SwR | 3 | 3.0000 |" in result.stdout
+  document = (tmp_path / "g.md").read_text()
+  assert "largest abs(a - b)" in document and "Gaps between curves" in document
+  plain = _cli(ca, swr, "--out", str(tmp_path / "h.png"))
+  assert "largest abs(a - b)" not in plain.stdout
+
+
 @pytest.mark.parametrize("case", ["no_config", "empty_metrics", "missing_dir", "bad_facet"])
 def test_bad_inputs_exit_2(tmp_path, case):
   good = write_run(tmp_path, "good", [[1.0]])

@@ -2,7 +2,7 @@
 
   python -m cpg_jax.experiments.report DIR [DIR ...] [--out curves.png]
       [--title TEXT] [--markdown table.md] [--facet FIELD[,FIELD]]
-      [--up_to_step STEP]
+      [--up_to_step STEP] [--gaps]
 
 Each DIR is a workdir of `train.py` (config.json + metrics.jsonl).
 
@@ -23,7 +23,11 @@ the optimum and the first at which it reached 95% of the best final value
 in its panel (the reference line of the paper's figures); and the diverged
 seeds. `--up_to_step STEP` reads every run only up to STEP (its "final" value
 is then the last evaluation at or before STEP), so that a longer run can be
-set beside shorter ones at the same step. Bad inputs (a directory without
+set beside shorter ones at the same step. `--gaps` adds a second table: for
+every pair of runs in a panel, how far apart their mean curves are over the
+steps both evaluated (the largest gap and where, the gap at the last common
+step, and the larger standard deviation over seeds there, the scale to read
+it against). Bad inputs (a directory without
 config.json, no evaluation records, an unknown facet field) raise
 `ReportError`; the command prints it as one paragraph and exits with 2
 (`cpg_jax.user_errors`). Nothing here imports JAX.
@@ -45,8 +49,9 @@ from cpg_jax.experiments.runs import ReportError, load_run, parse_facet
 from cpg_jax.training import metrics_log
 from cpg_jax.user_errors import UserError
 
-__all__ = ["ReportError", "load_run", "main", "markdown_document", "markdown_table",
-           "parse_facet", "summary_rows", "write_report"]
+__all__ = ["ReportError", "curve_gaps", "gaps_table", "load_run", "main",
+           "markdown_document", "markdown_table", "parse_facet", "summary_rows",
+           "write_report"]
 
 
 def _row(run: dict[str, Any], label: str, facet: Sequence[str], extra: Sequence[str],
@@ -104,6 +109,61 @@ def summary_rows(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()
   return [_row(runs[i], labels[i], facet, extra, best_final[i]) for i in order]
 
 
+def _gap(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+  """How far the mean curve of run `a` is from `b`'s over their common steps."""
+  steps, in_a, in_b = np.intersect1d(a["steps"], b["steps"], return_indices=True)
+  if not steps.size:
+    return None
+  mean = lambda run, index: runs_lib.nan_stat(lambda v: np.nanmean(v, axis=1),
+                                              run["values"][index])
+  gap = mean(a, in_a) - mean(b, in_b)  # [common steps]
+  widest = int(np.nanargmax(np.abs(gap))) if np.isfinite(gap).any() else len(gap) - 1
+  spread = max(float(runs_lib.nan_stat(np.nanstd, run["values"][index[-1]]))
+               for run, index in ((a, in_a), (b, in_b)))
+  return {"evaluations": int(steps.size), "largest": float(abs(gap[widest])),
+          "largest_step": int(steps[widest]), "last_step": int(steps[-1]),
+          "last": float(gap[-1]), "std_at_last": spread}
+
+
+def curve_gaps(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()
+               ) -> list[dict[str, Any]]:
+  """Every pair of runs of a panel (estimators in the paper's order): the gap
+  between their mean curves over seeds at the steps both evaluated.
+
+  Each entry: the panel title, the two curve labels `a` and `b`, the number
+  of common evaluations, the largest |mean_a - mean_b| and its step, the
+  signed gap mean_a - mean_b at the last common step, and the larger of the
+  two standard deviations over seeds (ddof = 0) there. Pairs without a
+  common step are left out.
+  """
+  facet = parse_facet(facet)
+  labels = runs_lib.curve_labels(runs, facet)
+  gaps = []
+  for values, members in runs_lib.facet_groups(runs, facet):
+    members = sorted(members, key=lambda i: (runs_lib.estimator_rank(runs[i]), i))
+    for n, i in enumerate(members):
+      for j in members[n + 1:]:
+        gap = _gap(runs[i], runs[j])
+        if gap is not None:
+          gaps.append({"panel": runs_lib.facet_title(facet, values), "a": labels[i],
+                       "b": labels[j], **gap})
+  return gaps
+
+
+def gaps_table(gaps: Sequence[dict[str, Any]]) -> str:
+  """`curve_gaps` as a Markdown table."""
+  if not gaps:
+    return ""
+  lines = ["| panel | curve a | curve b | common evaluations | largest abs(a - b) | at step "
+           "| a - b at the last common step | that step | larger std over seeds there |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+  for g in gaps:
+    lines.append(f"| {g['panel'] or '-'} | {g['a']} | {g['b']} | {g['evaluations']} | "
+                 f"{g['largest']:.4f} | {g['largest_step']:,} | {g['last']:+.4f} | "
+                 f"{g['last_step']:,} | {g['std_at_last']:.4f} |")
+  return "\n".join(lines) + "\n"
+
+
 def _steps_text(steps: int | None) -> str:
   return "not reached" if steps is None else f"{steps:,}"
 
@@ -152,26 +212,39 @@ DEFINITIONS = (
     "fraction of it.")
 
 
+GAP_DEFINITIONS = (
+    "Gaps between curves: for each pair of runs of a panel, the mean curves "
+    "over seeds compared at the steps both runs evaluated: the largest "
+    "absolute difference and the step where it occurs, the signed difference "
+    "(curve a - curve b) at the last common step, and the larger of the two "
+    "standard deviations over seeds (ddof = 0) at that step.")
+
+
 def markdown_document(rows: Sequence[dict[str, Any]], title: str | None = None,
-                      notes: Sequence[str] = ()) -> str:
-  """Title, notes, the table and the definitions of its columns."""
+                      notes: Sequence[str] = (), gaps: Sequence[dict[str, Any]] = ()) -> str:
+  """Title, notes, the table and the definitions of its columns (and the
+  gaps table with its definition, when `gaps` are given)."""
   parts = []
   if title:
     parts.append(f"# {title}\n")
   parts.extend(f"{note}\n" for note in notes)
   parts.append(markdown_table(rows))
   parts.append(DEFINITIONS + "\n")
+  if gaps:
+    parts.append(gaps_table(gaps))
+    parts.append(GAP_DEFINITIONS + "\n")
   return "\n".join(parts)
 
 
 def write_report(workdirs: Sequence[str], out: str | None = None,
                  title: str | None = None, markdown: str | None = None,
                  stream=sys.stdout, facet: Sequence[str] = (),
-                 notes: Sequence[str] = (), up_to_step: int | None = None) -> str:
+                 notes: Sequence[str] = (), up_to_step: int | None = None,
+                 gaps: bool = False) -> str:
   """Plots `workdirs` to `out` (default `<first workdir>/curves.png`), prints
   the table, and optionally writes it (with `title`, `notes` and the
   definitions) as Markdown. Returns the PNG path. `up_to_step`: see
-  `runs.load_run`.
+  `runs.load_run`; `gaps`: also the table of `curve_gaps`.
 
   Raises:
     ReportError: no workdirs, a workdir without config.json or evaluation
@@ -185,9 +258,12 @@ def write_report(workdirs: Sequence[str], out: str | None = None,
   out = out or os.path.join(workdirs[0], "curves.png")
   plots.plot(runs, out, title, facet)
   print(markdown_table(rows), file=stream, end="")
+  pair_gaps = curve_gaps(runs, facet) if gaps else []
+  if pair_gaps:
+    print("\n" + gaps_table(pair_gaps), file=stream, end="")
   if markdown:
     os.makedirs(os.path.dirname(os.path.abspath(markdown)), exist_ok=True)
-    metrics_log.atomic_write_text(markdown, markdown_document(rows, title, notes))
+    metrics_log.atomic_write_text(markdown, markdown_document(rows, title, notes, pair_gaps))
   return out
 
 
@@ -204,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--up_to_step", type=int, default=None,
                       help="read every run only up to this step (compare runs of "
                            "different lengths at one step)")
+  parser.add_argument("--gaps", action="store_true",
+                      help="also a table of how far apart each pair of mean curves "
+                           "of a panel is")
   args = parser.parse_args(argv)
   # `ROOT/*` also matches a sweep's curves.png and results.md: skip plain files.
   workdirs = [w for w in args.workdirs if not os.path.isfile(w)]
@@ -211,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"note: skipping {skipped}: a file, not a run directory", file=sys.stderr)
   try:
     png = write_report(workdirs, args.out, args.title, args.markdown,
-                       facet=parse_facet(args.facet), up_to_step=args.up_to_step)
+                       facet=parse_facet(args.facet), up_to_step=args.up_to_step,
+                       gaps=args.gaps)
   except UserError as e:
     print(user_errors.format_error(e), file=sys.stderr)
     return user_errors.EXIT_USER_ERROR
