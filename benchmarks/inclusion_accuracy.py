@@ -130,11 +130,11 @@ def checkpoint_table(workdir, num_contexts):
   """Prints the errors of every setting at a trained policy's scores."""
   scores, k = trained_scores(workdir, num_contexts)
   ordered = np.sort(scores, axis=1)
+  top_gap = ordered[:, -1] - ordered[:, -k]  # [contexts]
   print(f"\n### Trained scores: {workdir}, seed 0, contexts 0..{num_contexts - 1}, "
         f"N = {scores.shape[1]:,}, K = {k}\n")
   print(f"Scores: std over items {scores.std(1).min():.2f}..{scores.std(1).max():.2f}, "
-        f"top score minus K-th {(ordered[:, -1] - ordered[:, -k]).min():.2f}.."
-        f"{(ordered[:, -1] - ordered[:, -k]).max():.2f}.")
+        f"top score minus K-th {top_gap.min():.2f}..{top_gap.max():.2f}.")
   reference = reference_log_probs(scores, k)
   print(f"Reference: largest |sum - K| {np.abs(np.exp(reference).sum(1) - k).max():.1e}.")
   print("\n| setting | max rel err | median | largest abs(sum - K) |")

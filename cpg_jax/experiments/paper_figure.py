@@ -97,7 +97,7 @@ def reference_lines_table(found: dict[tuple[str, int], dict]) -> str:
            "paper's best final | steps to 95% of it |", "|---:|---|---:|---:|---:|---:|---:|"]
   for (estimator, k), run in sorted(found.items(), key=lambda kv: (kv[0][1], runs_lib.
                                                                    estimator_rank(kv[1]))):
-    mean_curve = runs_lib.nan_stat(lambda v: np.nanmean(v, axis=1), run["values"])
+    mean_curve = runs_lib.mean_curve(run["values"])
     last = int(run["steps"][-1])
 
     def steps_text(target):

@@ -35,7 +35,7 @@ def curve_styles(runs: Sequence[dict[str, Any]], labels: Sequence[str]
   colors = runs_lib.estimator_colors(runs)
   styles: dict[str, tuple[str, Any]] = {}
   per_estimator: dict[str, int] = {}
-  for i in sorted(range(len(runs)), key=lambda i: (runs_lib.estimator_rank(runs[i]), i)):
+  for i in runs_lib.in_paper_order(runs, range(len(runs))):
     if labels[i] in styles:
       continue
     name = str(runs[i]["config"].get("estimator", "?"))
@@ -46,7 +46,7 @@ def curve_styles(runs: Sequence[dict[str, Any]], labels: Sequence[str]
 
 
 def _mean_and_std(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  mean = runs_lib.nan_stat(lambda v: np.nanmean(v, axis=1), run["values"])
+  mean = runs_lib.mean_curve(run["values"])
   std = runs_lib.nan_stat(lambda v: np.nanstd(v, axis=1), run["values"])
   return mean, std
 
@@ -56,7 +56,7 @@ def _draw_panel(ax, runs, members, labels, styles, title: str) -> dict[str, bool
   from matplotlib import patheffects  # pylint: disable=g-import-not-at-top
   outline = [patheffects.withStroke(linewidth=4.5, foreground="white")]
   used = {"diverged": False, "lsr_limit": False}
-  for i in sorted(members, key=lambda i: (runs_lib.estimator_rank(runs[i]), i)):
+  for i in runs_lib.in_paper_order(runs, members):
     run, (color, style) = runs[i], styles[labels[i]]
     mean, std = _mean_and_std(run)
     ax.plot(run["steps"], mean, color=color, linestyle=style, linewidth=1.8)
@@ -182,7 +182,7 @@ def plot(runs: Sequence[dict[str, Any]], out: str, title: str | None = None,
       bottom.xaxis.set_tick_params(labelbottom=True)
       bottom.set_xlabel("gradient steps")
     fig.supylabel("policy value")
-    order = sorted(range(len(runs)), key=lambda i: (runs_lib.estimator_rank(runs[i]), i))
+    order = runs_lib.in_paper_order(runs, range(len(runs)))
     handles, names, handler_map = _legend_handles(
         list(dict.fromkeys(labels[i] for i in order)), styles,
         next(iter(optima)) if len(optima) == 1 else None, used)

@@ -57,7 +57,7 @@ __all__ = ["ReportError", "curve_gaps", "gaps_table", "load_run", "main",
 def _row(run: dict[str, Any], label: str, facet: Sequence[str], extra: Sequence[str],
          best_final: float) -> dict[str, Any]:
   final = run["values"][-1]
-  mean_curve = runs_lib.nan_stat(lambda v: np.nanmean(v, axis=1), run["values"])
+  mean_curve = runs_lib.mean_curve(run["values"])
   first_seed = int(run["config"].get("seed", 0))
   columns = {"estimator": runs_lib.estimator_name(str(run["config"].get("estimator", "?")))}
   for field in (*runs_lib.TABLE_FIELDS, *extra):
@@ -100,8 +100,7 @@ def summary_rows(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()
   groups = runs_lib.facet_groups(runs, facet)
   order = list(range(len(runs)))
   if facet:
-    order = [i for _, members in groups
-             for i in sorted(members, key=lambda i: (runs_lib.estimator_rank(runs[i]), i))]
+    order = [i for _, members in groups for i in runs_lib.in_paper_order(runs, members)]
   best_final = {}
   for _, members in groups:
     best = max(float(runs_lib.nan_stat(np.nanmean, runs[i]["values"][-1])) for i in members)
@@ -114,9 +113,7 @@ def _gap(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
   steps, in_a, in_b = np.intersect1d(a["steps"], b["steps"], return_indices=True)
   if not steps.size:
     return None
-  mean = lambda run, index: runs_lib.nan_stat(lambda v: np.nanmean(v, axis=1),
-                                              run["values"][index])
-  gap = mean(a, in_a) - mean(b, in_b)  # [common steps]
+  gap = runs_lib.mean_curve(a["values"][in_a]) - runs_lib.mean_curve(b["values"][in_b])
   widest = int(np.nanargmax(np.abs(gap))) if np.isfinite(gap).any() else len(gap) - 1
   spread = max(float(runs_lib.nan_stat(np.nanstd, run["values"][index[-1]]))
                for run, index in ((a, in_a), (b, in_b)))
@@ -140,13 +137,13 @@ def curve_gaps(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()
   labels = runs_lib.curve_labels(runs, facet)
   gaps = []
   for values, members in runs_lib.facet_groups(runs, facet):
-    members = sorted(members, key=lambda i: (runs_lib.estimator_rank(runs[i]), i))
+    panel = runs_lib.facet_title(facet, values)
+    members = runs_lib.in_paper_order(runs, members)
     for n, i in enumerate(members):
       for j in members[n + 1:]:
         gap = _gap(runs[i], runs[j])
         if gap is not None:
-          gaps.append({"panel": runs_lib.facet_title(facet, values), "a": labels[i],
-                       "b": labels[j], **gap})
+          gaps.append({"panel": panel, "a": labels[i], "b": labels[j], **gap})
   return gaps
 
 

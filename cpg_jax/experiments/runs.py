@@ -279,6 +279,16 @@ def nan_stat(fn, values):
     return fn(values)
 
 
+def mean_curve(values: np.ndarray) -> np.ndarray:
+  """The mean over seeds `[evals]` of `values` `[evals, seeds]`, NaN seeds left out."""
+  return nan_stat(lambda v: np.nanmean(v, axis=1), values)
+
+
+def in_paper_order(runs: Sequence[dict[str, Any]], indices: Sequence[int]) -> list[int]:
+  """`indices` into `runs`, estimators in the paper's order, ties by index."""
+  return sorted(indices, key=lambda i: (estimator_rank(runs[i]), i))
+
+
 def lsr_limits(run_or_row: dict[str, Any]) -> bool:
   """Whether the run's LSR keeps the ESR below the optimum (a second line)."""
   optimum = float(run_or_row["optimal"])
