@@ -164,6 +164,45 @@ def test_exact_gradient_matches_enumeration_finite_differences(x64):
     np.testing.assert_allclose(np.asarray(grad), numeric, rtol=rtol, atol=1e-8)
 
 
+def _walked_last_entry(p: np.ndarray, q: np.ndarray, start: np.ndarray) -> np.ndarray:
+  """NumPy float64: start `[K, X]` convolved with each Bernoulli (p, q `[h, X]`),
+  every entry kept; the last entry `[X]`."""
+  state = np.array(start, np.float64)
+  for p_j, q_j in zip(p, q):
+    state = q_j * state + p_j * np.concatenate([np.zeros_like(state[:1]), state[:-1]])
+  return state[-1]
+
+
+@pytest.mark.parametrize("head,k,chunk", [(116, 100, 11), (30, 10, 4), (10, 10, 3),
+                                          (9, 10, 4), (3, 10, 2), (12, 1, 5), (1, 5, 4)])
+def test_head_walk_last_entry_matches_full_walk(x64, head, k, chunk):
+  """`_add_items_last` (which drops the entries that cannot reach the last
+  one, chunk by chunk) == the walk that keeps every entry, in value and in
+  the gradient with respect to p, q and the start (central differences:
+  the walk is linear in each input, so they are exact up to rounding)."""
+  rng = np.random.default_rng(head * 100 + k)
+  width = 3
+  p = rng.uniform(size=(head, width))
+  q = 1.0 - p
+  start = np.sort(rng.uniform(size=(k, width)), axis=0)  # a CDF-like start
+  cotangent = rng.normal(size=width)
+  value = jax.jit(inclusion._add_items_last, static_argnums=3)(p, q, start, chunk)
+  np.testing.assert_allclose(np.asarray(value), _walked_last_entry(p, q, start),
+                             rtol=1e-13, atol=1e-15)
+  grads = jax.jit(jax.grad(lambda *a: jnp.dot(inclusion._add_items_last(*a, chunk), cotangent),
+                           argnums=(0, 1, 2)))(p, q, start)
+  inputs = [p, q, start]
+  for which, grad in enumerate(grads):
+    numeric = np.zeros_like(inputs[which])
+    for index in np.ndindex(*numeric.shape):
+      bumped = [x.copy() for x in inputs], [x.copy() for x in inputs]
+      bumped[0][which][index] += 1e-6
+      bumped[1][which][index] -= 1e-6
+      numeric[index] = np.dot(_walked_last_entry(*bumped[0]) - _walked_last_entry(*bumped[1]),
+                              cotangent) / 2e-6
+    np.testing.assert_allclose(np.asarray(grad), numeric, rtol=1e-7, atol=1e-9)
+
+
 def test_exact_all_items_path_equals_per_item_path(x64):
   """The prefix/suffix tables (every item) == the per-item masked head."""
   rng = np.random.default_rng(7)

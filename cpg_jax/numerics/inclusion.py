@@ -265,62 +265,72 @@ def _add_item(dist, p, q):
   return q * dist + p * shifted
 
 
-def _split_chunks(p, q, chunk: int):
-  """`[h, X]` -> `[h / chunk, chunk, X]`, padded with items of p = 0 (no effect)."""
-  num_chunks = -(-p.shape[0] // chunk)
-  chunk = -(-p.shape[0] // num_chunks)  # Balanced chunks: little padding.
-  pad = num_chunks * chunk - p.shape[0]
-  p = jnp.pad(p, ((0, pad), (0, 0))).reshape(num_chunks, chunk, -1)
-  q = jnp.pad(q, ((0, pad), (0, 0)), constant_values=1.0).reshape(num_chunks, chunk, -1)
-  return p, q
+def _walk_stages(head: int, k: int, chunk: int) -> list[tuple[int, int, int]]:
+  """(first item, end item, entries kept) of each chunk of `_add_items_last`'s walk.
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _add_items(p, q, start, chunk: int):
-  """Adds h Bernoullis (p, q `[h, X]`) to `start` `[K, X]` in turn: `[K, X]`.
-
-  The backward pass keeps only the states at chunk boundaries and recomputes
-  the states inside a chunk (memory O((h / chunk + chunk) K X) instead of
-  O(h K X)), then runs the adjoint recursion lam <- q lam + p lam[+1].
+  After j of the h items, the last entry at the end can depend only on the
+  entries m >= K-1-(h-j) (each item moves mass up by at most one), so a
+  chunk starting at item j carries the top min(K, h - j + 1) entries: about
+  60% of the work of carrying all K when h is about K.
   """
-  return _add_items_fwd(p, q, start, chunk)[0]
+  return [(first, min(first + chunk, head), min(k, head - first + 1))
+          for first in range(0, head, chunk)]
 
 
-def _add_items_fwd(p, q, start, chunk):
-  p_chunks, q_chunks = _split_chunks(p, q, chunk)
-  start = sharding.varying_like(start, p)  # a constant start (tail="exact") in shard_map
+def _add_items_last(p, q, start, chunk: int):
+  """Adds h Bernoullis (p, q `[h, X]`) to `start` `[K, X]` in turn; returns the
+  last entry of the result `[X]` (F = P(count <= K-1) for a CDF start).
 
-  def run_chunk(state, pq):
-    end = jax.lax.scan(lambda c, x: (_add_item(c, *x), None), state, pq)[0]
-    return end, state
-
-  final, boundaries = jax.lax.scan(run_chunk, start, (p_chunks, q_chunks))
-  return final, (p_chunks, q_chunks, boundaries, p.shape[0])
-
-
-def _add_items_bwd(chunk, residuals, grad):
-  p_chunks, q_chunks, boundaries, head = residuals
-
-  def back_chunk(lam, args):
-    p, q, first = args
-    _, states = jax.lax.scan(lambda c, x: (_add_item(c, *x), c), first, (p, q))
-
-    def adjoint(lam, args):
-      p, q, state = args
-      shifted = jnp.concatenate([jnp.zeros_like(state[:1]), state[:-1]], axis=0)
-      grad_p, grad_q = jnp.sum(lam * shifted, axis=0), jnp.sum(lam * state, axis=0)
-      lam = q * lam + p * jnp.concatenate([lam[1:], jnp.zeros_like(lam[:1])], axis=0)
-      return lam, (grad_p, grad_q)
-
-    return jax.lax.scan(adjoint, lam, (p, q, states), reverse=True)
-
-  lam, (grad_p, grad_q) = jax.lax.scan(back_chunk, grad, (p_chunks, q_chunks, boundaries),
-                                       reverse=True)
-  width = grad.shape[1]
-  return grad_p.reshape(-1, width)[:head], grad_q.reshape(-1, width)[:head], lam
+  Exact: the entries dropped along the way cannot reach the last one (see
+  `_walk_stages`). The backward pass keeps only the states at chunk
+  boundaries and recomputes the states inside a chunk (memory
+  O((h / chunk + chunk) K X) instead of O(h K X)), then runs the adjoint
+  recursion lam <- q lam + p lam[+1].
+  """
+  return _add_items_last_vjp(p, q, start, chunk, start.shape[0])
 
 
-_add_items.defvjp(_add_items_fwd, _add_items_bwd)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _add_items_last_vjp(p, q, start, chunk: int, k: int):
+  return _add_items_last_fwd(p, q, start, chunk, k)[0]
+
+
+def _add_items_last_fwd(p, q, start, chunk, k):
+  state = sharding.varying_like(start, p)  # a constant start (tail="exact") in shard_map
+  boundaries = []
+  for first, end, width in _walk_stages(p.shape[0], k, chunk):  # A static handful.
+    state = state[-width:]
+    boundaries.append(state)
+    state = jax.lax.scan(lambda c, x: (_add_item(c, *x), None), state,
+                         (p[first:end], q[first:end]))[0]
+  return state[-1], (p, q, boundaries)
+
+
+def _add_items_last_bwd(chunk, k, residuals, grad):
+  p, q, boundaries = residuals
+
+  def adjoint(lam, args):
+    p, q, state = args
+    shifted = jnp.concatenate([jnp.zeros_like(state[:1]), state[:-1]], axis=0)
+    grad_p, grad_q = jnp.sum(lam * shifted, axis=0), jnp.sum(lam * state, axis=0)
+    lam = q * lam + p * jnp.concatenate([lam[1:], jnp.zeros_like(lam[:1])], axis=0)
+    return lam, (grad_p, grad_q)
+
+  lam = grad[None]  # the cotangent of the final state's kept (last) entry
+  grads_p, grads_q = [], []
+  stages = _walk_stages(p.shape[0], k, chunk)
+  for (first, end, width), state in reversed(list(zip(stages, boundaries))):
+    lam = jnp.pad(lam, ((width - lam.shape[0], 0), (0, 0)))  # dropped entries: zero
+    chunk_p, chunk_q = p[first:end], q[first:end]
+    _, states = jax.lax.scan(lambda c, x: (_add_item(c, *x), c), state, (chunk_p, chunk_q))
+    lam, (grad_p, grad_q) = jax.lax.scan(adjoint, lam, (chunk_p, chunk_q, states), reverse=True)
+    grads_p.append(grad_p)
+    grads_q.append(grad_q)
+  lam = jnp.pad(lam, ((k - lam.shape[0], 0), (0, 0)))
+  return jnp.concatenate(grads_p[::-1]), jnp.concatenate(grads_q[::-1]), lam
+
+
+_add_items_last_vjp.defvjp(_add_items_last_fwd, _add_items_last_bwd)
 
 
 def _head_tables(head_p, head_q, tail_cdf):
@@ -449,8 +459,8 @@ def _leave_one_out_cdf(head_p, head_q, match, tail_cdf, item_tail_cdf, all_items
     q = jnp.where(match[:, :, None, :], 1.0, head_q[:, None])
     flat = lambda t: t.reshape(-1, t.shape[-1]).T  # [last, X]
     chunk = chunk or max(4, math.ceil(math.sqrt(head)))
-    final = _add_items(flat(p), flat(q), flat(start), chunk)  # [K, X]
-    cdf = final[-1].reshape(start.shape[:-1])  # F_a at each node, [batch, L, J]
+    last = _add_items_last(flat(p), flat(q), flat(start), chunk)  # [X]
+    cdf = last.reshape(start.shape[:-1])  # F_a at each node, [batch, L, J]
   return jnp.clip(cdf, 0.0, 1.0)
 
 
