@@ -177,9 +177,10 @@ def _walked_last_entry(p: np.ndarray, q: np.ndarray, start: np.ndarray) -> np.nd
                                           (9, 10, 4), (3, 10, 2), (12, 1, 5), (1, 5, 4)])
 def test_head_walk_last_entry_matches_full_walk(x64, head, k, chunk):
   """`_add_items_last` (which drops the entries that cannot reach the last
-  one, in up to `_WALK_STAGES` stages of chunks) == the walk that keeps every entry, in value and in
-  the gradient with respect to p, q and the start (central differences:
-  the walk is linear in each input, so they are exact up to rounding)."""
+  one, in up to `_WALK_STAGES` stages of chunks) == the walk that keeps
+  every entry, in value and in the gradient with respect to p, q and the
+  start (central differences: the walk is linear in each input, so they are
+  exact up to rounding)."""
   rng = np.random.default_rng(head * 100 + k)
   width = 3
   p = rng.uniform(size=(head, width))
