@@ -100,6 +100,33 @@ def test_a_field_older_runs_lack_reads_as_its_default(tmp_path):
   assert runs_lib.varying_fields(runs) == ["baseline"]
 
 
+def test_an_option_of_another_estimator_has_no_value(tmp_path):
+  closed = write_run(tmp_path, "closed", [[1.0]], estimator="ca_pg", exact_nodes=32)
+  closed_16 = write_run(tmp_path, "closed_16", [[1.0]], estimator="ca_pg", exact_nodes=16)
+  exact_16 = write_run(tmp_path, "exact_16", [[1.0]], estimator="ca_pg_exact", exact_nodes=16)
+  exact_32 = write_run(tmp_path, "exact_32", [[1.0]], estimator="ca_pg_exact", exact_nodes=32)
+  runs = {name: report.load_run(w) for name, w in
+          (("closed", closed), ("closed_16", closed_16), ("exact_16", exact_16),
+           ("exact_32", exact_32))}
+  # ca_pg does not read exact_nodes: two ca_pg runs apart only there are alike.
+  assert runs_lib.varying_fields([runs["closed"], runs["closed_16"]]) == []
+  assert runs_lib.config_value(runs["closed"]["config"], "exact_nodes") == "-"
+  pair = [runs["closed"], runs["exact_16"]]
+  assert runs_lib.curve_labels(pair) == ["CA-PG", "CA-PG-exact"]
+  columns = [row["columns"] for row in report.summary_rows(pair)]
+  assert sorted((c["estimator"], c["exact_nodes"]) for c in columns) == [
+      ("CA-PG", "-"), ("CA-PG-exact", "16")]
+  # exact_tail is left at its default: no column (the estimator column says it all).
+  assert all("exact_tail" not in c for c in columns)
+  closed_and_default = [runs["closed"], runs["exact_32"]]
+  assert all("exact_nodes" not in row["columns"]
+             for row in report.summary_rows(closed_and_default))
+  # Where it tells runs of the estimator that reads it apart, it is named there only.
+  three = [runs["closed"], runs["exact_16"], runs["exact_32"]]
+  assert runs_lib.curve_labels(three) == [
+      "CA-PG", "CA-PG-exact, exact_nodes=16", "CA-PG-exact, exact_nodes=32"]
+
+
 def test_not_reached_and_no_divergence(tmp_path):
   run = write_run(tmp_path, "a", [[1, 2], [9.0, 9.9]])  # mean 9.45 < 9.5
   (row,) = report.summary_rows([report.load_run(run)])

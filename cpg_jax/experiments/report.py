@@ -96,7 +96,9 @@ def summary_rows(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()
   best final mean value among the runs of the row's panel (facet value).
   """
   labels = runs_lib.curve_labels(runs, facet)
-  extra = runs_lib.varying_fields(runs, exclude=("estimator", *runs_lib.TABLE_FIELDS))
+  # An estimator's option at its default says nothing the estimator column does not.
+  extra = [f for f in runs_lib.varying_fields(runs, exclude=("estimator", *runs_lib.TABLE_FIELDS))
+           if not runs_lib.option_left_at_default(runs, f)]
   groups = runs_lib.facet_groups(runs, facet)
   order = list(range(len(runs)))
   if facet:

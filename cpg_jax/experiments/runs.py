@@ -40,6 +40,12 @@ NOT_IN_LABELS = frozenset({
 # Fields a sweep sets from the estimator (experiments/paper.py's learning-rate
 # rule): left out of a label when they follow from the estimator.
 FOLLOWS_THE_ESTIMATOR = frozenset({"learning_rate"})
+# Options that only one estimator reads (numerics.estimators.get_estimator):
+# a run of another estimator has no value for them, NOT_APPLICABLE, so a
+# `ca_pg` run does not show ca_pg_exact's node count in tables or labels.
+ESTIMATOR_OPTIONS = {"swr_combine": "ca_pg_swr", "exact_nodes": "ca_pg_exact",
+                     "exact_tail": "ca_pg_exact"}
+NOT_APPLICABLE = "-"
 # A label longer than this names the workdir instead.
 MAX_LABEL_CHARS = 40
 # Short names of config fields, for facet arguments, panel titles and columns.
@@ -119,7 +125,10 @@ def parse_facet(text: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def config_value(config: dict[str, Any], field: str, default: Any = _UNSET) -> Any:
-  """The value of a dotted field of a config.json dict (lists become tuples)."""
+  """The value of a dotted field of a config.json dict (lists become tuples;
+  NOT_APPLICABLE for an option of another estimator)."""
+  if not _applies(config, field):
+    return NOT_APPLICABLE
   node: Any = config
   for part in field.split("."):
     if not isinstance(node, dict) or part not in node:
@@ -130,10 +139,19 @@ def config_value(config: dict[str, Any], field: str, default: Any = _UNSET) -> A
   return tuple(node) if isinstance(node, list) else node
 
 
+def _applies(config: dict[str, Any], field: str) -> bool:
+  return field not in ESTIMATOR_OPTIONS or config.get("estimator") == ESTIMATOR_OPTIONS[field]
+
+
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-  """Dotted fields of a config.json dict, lists as tuples (hashable)."""
-  return {field: tuple(value) if isinstance(value, list) else value
+  """Dotted fields of a config.json dict, lists as tuples (hashable),
+  NOT_APPLICABLE for the options of another estimator."""
+  return {field: NOT_APPLICABLE if not _applies(config, field) else _flatten_value(value)
           for field, value in config_lib.flatten_config(config).items()}
+
+
+def _flatten_value(value: Any) -> Any:
+  return tuple(value) if isinstance(value, list) else value
 
 
 def format_value(value: Any) -> str:
@@ -165,6 +183,17 @@ def varying_fields(runs: Sequence[dict[str, Any]], exclude: Sequence[str] = ()) 
           and len({repr(flat.get(f, "<absent>")) for flat in flats}) > 1]
 
 
+def option_left_at_default(runs: Sequence[dict[str, Any]], field: str) -> bool:
+  """Whether `field` is an estimator's option (ESTIMATOR_OPTIONS) that every
+  run of its estimator leaves at today's default: then it varies between
+  `runs` only because other estimators have no value for it."""
+  if field not in ESTIMATOR_OPTIONS:
+    return False
+  default = _flatten_value(config_lib.flatten_config(config_lib.default_config())[field])
+  return all(config_value(run["config"], field, None) in (NOT_APPLICABLE, default)
+             for run in runs)
+
+
 def determined_by_estimator(runs: Sequence[dict[str, Any]], field: str) -> bool:
   seen: dict[str, set] = {}
   for run in runs:
@@ -177,23 +206,25 @@ def curve_labels(runs: Sequence[dict[str, Any]], facet: Sequence[str] = ()) -> l
   """One legend label per run: the estimator, then what else tells runs apart.
 
   Left out: fields in `facet` (the panel title names them), the learning
-  rate where it follows from the estimator (`FOLLOWS_THE_ESTIMATOR`; any
-  other field, a baseline for example, is named even when only one
-  estimator uses it) and fields that say how a run was executed rather than
-  what it trains (`NOT_IN_LABELS`, e.g. eval_contexts, checkpoint_every). A label that would still be longer than
+  rate and the estimators' own options where they follow from the estimator
+  (`FOLLOWS_THE_ESTIMATOR`, `ESTIMATOR_OPTIONS`; any other field, a baseline
+  for example, is named even when only one estimator uses it), an option in
+  the label of a run whose estimator does not read it, and fields that say
+  how a run was executed rather than what it trains (`NOT_IN_LABELS`, e.g.
+  eval_contexts, checkpoint_every). A label that would still be longer than
   `MAX_LABEL_CHARS` is the estimator and the workdir's name instead.
   """
   estimator_varies = "estimator" in varying_fields(runs)
   differing = [f for f in varying_fields(runs, exclude=("estimator", *facet))
                if f not in NOT_IN_LABELS
-               and not (f in FOLLOWS_THE_ESTIMATOR and estimator_varies
-                        and determined_by_estimator(runs, f))]
+               and not ((f in FOLLOWS_THE_ESTIMATOR or f in ESTIMATOR_OPTIONS)
+                        and estimator_varies and determined_by_estimator(runs, f))]
   labels = []
   for run in runs:
     estimator = estimator_name(str(run["config"].get("estimator", "?")))
     parts = [estimator]
     parts += [f"{SHORT_NAMES.get(f, f)}={format_value(config_value(run['config'], f, None))}"
-              for f in differing]
+              for f in differing if _applies(run["config"], f)]
     label = ", ".join(parts)
     labels.append(label if len(label) <= MAX_LABEL_CHARS
                   else f"{estimator} ({workdir_name(run)})")
