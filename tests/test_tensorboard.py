@@ -9,6 +9,7 @@ must show every evaluated step once, with the values of an uninterrupted run.
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -100,6 +101,23 @@ def test_off_by_default_and_silent_on_other_processes(tmp_path):
     board.progress(10, 1.0, 2.0, 3.0)
     board.close()
     assert not board.active and not os.path.exists(tmp_path / name / "tensorboard")
+
+
+def test_a_resume_within_the_same_second_in_one_process_keeps_the_earlier_events(
+    tmp_path, monkeypatch):
+  # tensorboardX names event files by the second; a frozen clock makes both
+  # writers open in the same one (a fast in-process resume, as in a notebook).
+  monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
+  first = tensorboard_log.TensorBoardLog(str(tmp_path), enabled=True, is_primary=True,
+                                         resume_step=None)
+  first.progress(10, 1.0, 0.0, 5.0)
+  first.close()
+  second = tensorboard_log.TensorBoardLog(str(tmp_path), enabled=True, is_primary=True,
+                                          resume_step=10)
+  second.progress(20, 2.0, 0.0, 5.0)
+  second.close()
+  assert len(tensorboard_log.event_files(second.logdir)) == 2
+  assert tensorboard_log.read_scalars(second.logdir)["train/loss"] == [(10, 1.0), (20, 2.0)]
 
 
 def test_reader_stops_at_a_torn_record(tmp_path):

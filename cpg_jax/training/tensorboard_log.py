@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from typing import Iterator
 
 import numpy as np
@@ -128,9 +129,11 @@ class TensorBoardLog:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     os.makedirs(self.logdir, exist_ok=True)
     drop_events_after(self.logdir, -1 if resume_step is None else resume_step)
-    # The pid keeps two invocations started within one second apart.
+    # tensorboardX names the file by the second it was opened in and truncates
+    # an existing one: the nanoseconds (then the pid) keep two invocations of
+    # one second apart, in or out of one process, and in order by name.
     self._writer = SummaryWriter(self.logdir, flush_secs=30,
-                                 filename_suffix=f".{os.getpid()}")
+                                 filename_suffix=f".{time.time_ns()}.{os.getpid()}")
 
   @property
   def active(self) -> bool:
